@@ -49,7 +49,9 @@ def main() -> None:
     rows = mask[:, None, :, None]
     projection = ops.performer_projection(2 * args.head_dim, args.head_dim, seed=0, dtype=torch.float64)
 
-    print(f"| variant | dtype | q,k x1 | q,k x10 | q,k x100 |  (causal={args.causal}, seq={args.seq}, head_dim={args.head_dim})")
+    print(
+        f"| variant | dtype | q,k x1 | q,k x10 | q,k x100 |  (causal={args.causal}, seq={args.seq}, head_dim={args.head_dim})"
+    )
     print("|---|---|---|---|---|")
     for name, (fast, dense) in VARIANTS.items():
         extra = {"projection": projection} if name == "performer" else {}

@@ -1,0 +1,193 @@
+"""LLN model classes: the stock BERT and RoBERTa classes with the configured ``lln_variant`` as default attention.
+
+Each class subclasses its stock class (same modules, same weight names, so softmax checkpoints load as they are)
+through ``LLNModelMixin``, which adds three things: the default attention implementation comes from
+``config.lln_variant``; with a learnable ``lln_mix_mode`` every self-attention module gets an ``lln_mix``
+(``LLNMixWeights``) holding the LLN+Diag mix weights, saved with the model; and ``save_pretrained`` writes the
+remote code (``hf_lln.hub.export_remote_code``) so that ``trust_remote_code=True`` loads the folder without
+hf_lln installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    RobertaForMaskedLM,
+    RobertaForMultipleChoice,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertSelfAttention
+from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
+
+from hf_lln.hub import export_remote_code, push_folder_to_hub
+from hf_lln.integration.attention import register_attention_variants
+from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
+
+# The classes below default to these implementations, so they must be registered wherever the classes are.
+register_attention_variants()
+
+MIX_INIT = 0.5
+
+
+class LLNMixWeights(nn.Module):
+    """LLN+Diag mix weights of one attention layer, each ``(heads, head_dim)``, initialised to 0.5 (the average):
+    ``lln_weight`` (both learnable modes) and ``diag_weight`` (``learnable_scale`` only, else None)."""
+
+    def __init__(self, heads: int, head_dim: int, mix_mode: str):
+        super().__init__()
+        self.lln_weight = nn.Parameter(torch.full((heads, head_dim), MIX_INIT))
+        diag_weight = (
+            nn.Parameter(torch.full((heads, head_dim), MIX_INIT)) if mix_mode == "learnable_scale" else None
+        )
+        self.register_parameter("diag_weight", diag_weight)
+
+
+class LLNModelMixin:
+    """Turns a stock BERT/RoBERTa model class into its LLN class; ``_self_attention_class`` names the modules that
+    receive the learnable mix weights."""
+
+    _self_attention_class: type[nn.Module]
+
+    def post_init(self):
+        mix_mode = self.config.lln_mix_mode
+        if mix_mode != "average":
+            for module in self.modules():
+                if isinstance(module, self._self_attention_class) and not hasattr(module, "lln_mix"):
+                    module.lln_mix = LLNMixWeights(
+                        module.num_attention_heads, module.attention_head_size, mix_mode
+                    )
+        super().post_init()
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        super().initialize_weights()
+        # A head's stock base model (``self.bert``) initialises its sub-tree with the stock ``_init_weights``, which
+        # does not know the mix weights; ``init.constant_`` leaves weights loaded from a checkpoint alone.
+        for module in self.modules():
+            if isinstance(module, LLNMixWeights):
+                for weight in (module.lln_weight, module.diag_weight):
+                    if weight is not None:
+                        init.constant_(weight, MIX_INIT)
+
+    def get_correct_attn_implementation(
+        self, requested_attention: str | None, is_init_check: bool = False
+    ) -> str:
+        if requested_attention is None:
+            requested_attention = self.config.lln_variant
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the remote code and its ``auto_map`` in ``config.json``; with
+        ``push_to_hub=True`` the folder is uploaded after both are written (``repo_id`` defaults to its name)."""
+        hub_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "create_pr", "private")
+            if key in kwargs
+        }
+        classes = AUTO_MODEL_CLASSES[self.config.model_type]
+        self.config.auto_map = {
+            auto_name: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+            for auto_name, cls in classes.items()
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            export_remote_code(save_directory, type(self))
+            if push_to_hub:
+                repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+                push_folder_to_hub(save_directory, repo_id, token=kwargs.get("token"), **hub_kwargs)
+
+
+class LLNBertModel(LLNModelMixin, BertModel):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNBertForMaskedLM(LLNModelMixin, BertForMaskedLM):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNBertForSequenceClassification(LLNModelMixin, BertForSequenceClassification):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNBertForTokenClassification(LLNModelMixin, BertForTokenClassification):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNBertForQuestionAnswering(LLNModelMixin, BertForQuestionAnswering):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNBertForMultipleChoice(LLNModelMixin, BertForMultipleChoice):
+    config_class = LLNBertConfig
+    _self_attention_class = BertSelfAttention
+
+
+class LLNRobertaModel(LLNModelMixin, RobertaModel):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+class LLNRobertaForMaskedLM(LLNModelMixin, RobertaForMaskedLM):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+class LLNRobertaForSequenceClassification(LLNModelMixin, RobertaForSequenceClassification):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+class LLNRobertaForTokenClassification(LLNModelMixin, RobertaForTokenClassification):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+class LLNRobertaForQuestionAnswering(LLNModelMixin, RobertaForQuestionAnswering):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+class LLNRobertaForMultipleChoice(LLNModelMixin, RobertaForMultipleChoice):
+    config_class = LLNRobertaConfig
+    _self_attention_class = RobertaSelfAttention
+
+
+# model_type -> Auto class name -> class; drives the Auto registration and the remote code's auto_map.
+AUTO_MODEL_CLASSES: dict[str, dict[str, type]] = {
+    "lln_bert": {
+        "AutoConfig": LLNBertConfig,
+        "AutoModel": LLNBertModel,
+        "AutoModelForMaskedLM": LLNBertForMaskedLM,
+        "AutoModelForSequenceClassification": LLNBertForSequenceClassification,
+        "AutoModelForTokenClassification": LLNBertForTokenClassification,
+        "AutoModelForQuestionAnswering": LLNBertForQuestionAnswering,
+        "AutoModelForMultipleChoice": LLNBertForMultipleChoice,
+    },
+    "lln_roberta": {
+        "AutoConfig": LLNRobertaConfig,
+        "AutoModel": LLNRobertaModel,
+        "AutoModelForMaskedLM": LLNRobertaForMaskedLM,
+        "AutoModelForSequenceClassification": LLNRobertaForSequenceClassification,
+        "AutoModelForTokenClassification": LLNRobertaForTokenClassification,
+        "AutoModelForQuestionAnswering": LLNRobertaForQuestionAnswering,
+        "AutoModelForMultipleChoice": LLNRobertaForMultipleChoice,
+    },
+}

@@ -1,0 +1,175 @@
+"""MLM training throughput (tokens/s) and peak memory per attention and sequence length; loss-curve comparison.
+
+Each measurement trains the preset (random tokens, BERT masking, AdamW, accelerate mixed precision,
+the same code path as run_mlm.py's step) for ``--warmup_steps`` then times ``--steps`` steps.
+With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out.
+
+    python scripts/mlm_throughput.py --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
+        --mixed_precision no --tokens_per_batch 256                                   # CPU smoke run
+    python scripts/mlm_throughput.py --find_max_seq_length                            # one H100: base, bf16
+
+Compare the loss curves of finished run_mlm.py runs (their ``log_history.json``), e.g. 1 GPU vs 2-GPU DDP:
+
+    python scripts/mlm_throughput.py --loss_curves outputs/mlm-1gpu outputs/mlm-2gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForMaskedLM
+
+from hf_lln.mlm import PRESETS, position_offset, preset_config
+from hf_lln.mlm.model import config_for_attention
+from hf_lln.training import LOG_HISTORY_FILE, decay_parameter_groups
+
+MASK_SHARE = 0.15
+FIRST_WORD_ID = 5  # ids below are special tokens (<s>, <pad>, </s>, <unk>, <mask>): never drawn as words
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config_name", default="lln-roberta-base", choices=PRESETS)
+    parser.add_argument("--attn_implementations", nargs="+", default=["sdpa", "lln", "lln_diag"])
+    parser.add_argument("--seq_lengths", nargs="+", type=int, default=[512, 4096])
+    parser.add_argument(
+        "--tokens_per_batch",
+        type=int,
+        default=16384,
+        help="Batch size = tokens_per_batch // seq (at least 1).",
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--find_max_seq_length",
+        action="store_true",
+        help="Also find the longest sequence that fits at batch 1.",
+    )
+    parser.add_argument("--max_probe_length", type=int, default=131072)
+    parser.add_argument(
+        "--loss_curves", nargs="+", type=Path, help="Only compare these runs' log_history.json."
+    )
+    return parser.parse_args()
+
+
+def measure(accelerator: Accelerator, args, attention: str, seq: int, batch: int) -> dict | None:
+    """Tokens/s and peak memory of training steps at (batch, seq); None when it does not fit in memory."""
+    config = config_for_attention(preset_config(args.config_name), attention)
+    config.max_position_embeddings = seq + position_offset(config)
+    model = optimizer = None
+    try:
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=1e-4)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        model.train()
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        input_ids = torch.randint(FIRST_WORD_ID, config.vocab_size, (batch, seq), generator=generator)
+        labels = torch.where(torch.rand(batch, seq, generator=generator) < MASK_SHARE, input_ids, -100)
+        inputs = {"input_ids": input_ids.to(accelerator.device), "labels": labels.to(accelerator.device)}
+        if accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for step in range(args.warmup_steps + args.steps):
+            if step == args.warmup_steps:
+                synchronize(accelerator)
+                start = time.perf_counter()
+            accelerator.backward(model(**inputs).loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        synchronize(accelerator)
+        seconds = time.perf_counter() - start
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
+        )
+        return {"tokens_per_second": batch * seq * args.steps / seconds, "peak_gib": peak}
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        del model, optimizer
+        accelerator.free_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def synchronize(accelerator: Accelerator) -> None:
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def longest_fitting_length(accelerator: Accelerator, args, attention: str) -> int | None:
+    """Double the length at batch 1 from the largest of ``--seq_lengths`` until a step runs out of memory."""
+    fitted = None
+    seq = max(args.seq_lengths)
+    probe = argparse.Namespace(**{**vars(args), "steps": 1, "warmup_steps": 1})
+    while seq <= args.max_probe_length and measure(accelerator, probe, attention, seq, 1) is not None:
+        fitted = seq
+        seq *= 2
+    return fitted
+
+
+def throughput_table(args) -> None:
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
+    print(f"{args.config_name}, {args.mixed_precision}, {device}, {args.steps} timed steps")
+    print("| attention | seq | batch | tokens/s | peak memory (GiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for attention in args.attn_implementations:
+        for seq in args.seq_lengths:
+            batch = max(1, args.tokens_per_batch // seq)
+            result = measure(accelerator, args, attention, seq, batch)
+            if result is None:
+                print(f"| {attention} | {seq} | {batch} | out of memory | |", flush=True)
+            else:
+                print(
+                    f"| {attention} | {seq} | {batch} | {result['tokens_per_second']:,.0f} | {result['peak_gib']} |",
+                    flush=True,
+                )
+    if args.find_max_seq_length:
+        print("\n| attention | longest sequence that trains at batch 1 |")
+        print("|---|---:|")
+        for attention in args.attn_implementations:
+            fitted = longest_fitting_length(accelerator, args, attention)
+            limit = "none fits" if fitted is None else str(fitted)
+            if fitted is not None and fitted * 2 > args.max_probe_length:
+                limit += " (probe limit)"
+            print(f"| {attention} | {limit} |", flush=True)
+
+
+def loss_curve_table(run_dirs: list[Path]) -> None:
+    """Training loss per logged step and the evaluations of each run side by side."""
+    histories = []
+    for run_dir in run_dirs:
+        path = run_dir / LOG_HISTORY_FILE
+        if not path.is_file():
+            raise SystemExit(f"--loss_curves {run_dir}: no {LOG_HISTORY_FILE} (a finished run_mlm.py run?)")
+        histories.append(json.loads(path.read_text()))
+    for key in ("train_loss", "eval_loss"):
+        curves = [{entry["step"]: entry[key] for entry in history if key in entry} for history in histories]
+        steps = sorted(set().union(*curves))
+        print(f"\n| step | {' | '.join(f'{key} {run_dir}' for run_dir in run_dirs)} |")
+        print("|---:|" + "---:|" * len(run_dirs))
+        for step in steps:
+            cells = [f"{curve[step]:.4f}" if step in curve else "" for curve in curves]
+            print(f"| {step} | {' | '.join(cells)} |")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.loss_curves:
+        loss_curve_table(args.loss_curves)
+    else:
+        throughput_table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``hf-lln convert``: softmax checkpoints -> LLN checkpoint folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertTokenizer, RobertaConfig
+
+import hf_lln
+from hf_lln.cli import main
+from hf_lln.convert import convert_checkpoint
+
+TINY = dict(
+    vocab_size=40,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=40,
+)
+
+
+def save_stock(path, config, auto_name="AutoModelForMaskedLM", model_class=None):
+    torch.manual_seed(0)
+    model = model_class(config) if model_class else getattr(transformers, auto_name).from_config(config)
+    model.save_pretrained(path)
+    return model.state_dict()
+
+
+def test_cli_writes_a_checkpoint_that_loads_with_no_missing_weights(tmp_path, capsys):
+    src, dst = tmp_path / "bert", tmp_path / "lln-bert"
+    stock_state = save_stock(src, BertConfig(**TINY))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]))
+    BertTokenizer(vocab_file=str(vocab)).save_pretrained(src)
+
+    assert (
+        main(["convert", str(src), str(dst), "--variant", "lln_diag", "--mix-mode", "learnable_scale"]) == 0
+    )
+    assert "LLNBertForMaskedLM" in capsys.readouterr().out
+
+    model, loading = transformers.AutoModelForMaskedLM.from_pretrained(dst, output_loading_info=True)
+    assert type(model) is hf_lln.LLNBertForMaskedLM
+    assert (model.config.lln_variant, model.config.lln_mix_mode) == ("lln_diag", "learnable_scale")
+    assert model.config._attn_implementation == "lln_diag"
+    assert loading["missing_keys"] == set() and loading["unexpected_keys"] == set()
+    state = model.state_dict()
+    for name, tensor in stock_state.items():
+        assert torch.equal(state[name], tensor), name
+    mix_weights = [tensor for name, tensor in state.items() if ".lln_mix." in name]
+    assert len(mix_weights) == 4 and all(
+        torch.equal(weight, torch.full_like(weight, 0.5)) for weight in mix_weights
+    )
+    assert {"README.md", "modeling_lln.py", "tokenizer_config.json"} <= {path.name for path in dst.iterdir()}
+    assert transformers.AutoTokenizer.from_pretrained(dst) is not None
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging folder left
+
+
+@pytest.mark.parametrize(("config_class", "offset"), [(BertConfig, 0), (RobertaConfig, 2)])
+def test_max_position_tiles_the_learned_position_embeddings(tmp_path, config_class, offset):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    config = config_class(**TINY, pad_token_id=1) if offset else config_class(**TINY)
+    stock_state = save_stock(src, config, "AutoModel")
+    report = convert_checkpoint(src, dst, variant="cosformer", max_position=100)
+    assert report.max_position_embeddings == 100 + offset
+
+    model = transformers.AutoModel.from_pretrained(dst)
+    table = model.embeddings.position_embeddings.weight
+    learned = stock_state["embeddings.position_embeddings.weight"]
+    length = learned.shape[0] - offset
+    assert table.shape == (100 + offset, TINY["hidden_size"])
+    assert torch.equal(table[: offset + length], learned)
+    assert torch.equal(table[offset + length : offset + 2 * length], learned[offset:])
+    assert torch.equal(table[offset + 2 * length :], learned[offset : offset + 100 - 2 * length])
+    ids = torch.randint(3, TINY["vocab_size"], (1, 100))
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).last_hidden_state).all()
+
+
+def test_pretraining_checkpoint_gives_the_masked_lm_head_and_reports_the_rest(tmp_path):
+    save_stock(tmp_path / "src", BertConfig(**TINY), model_class=transformers.BertForPreTraining)
+    report = convert_checkpoint(tmp_path / "src", tmp_path / "dst", variant="lln")
+    assert report.model_class == "LLNBertForMaskedLM"
+    assert report.new_lln_weights == []
+    assert report.unused_weights == [
+        "bert.pooler.dense.bias",
+        "bert.pooler.dense.weight",
+        "cls.seq_relationship.bias",
+        "cls.seq_relationship.weight",
+    ]
+
+
+def test_checkpoint_missing_a_weight_is_refused_before_writing(tmp_path):
+    src = tmp_path / "src"
+    save_stock(src, BertConfig(**TINY))
+    weights = load_file(src / "model.safetensors")
+    del weights["bert.encoder.layer.1.attention.self.key.weight"]
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing \['bert.encoder.layer.1.attention.self.key.weight'\]"):
+        convert_checkpoint(src, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    src = tmp_path / "src"
+    save_stock(src, BertConfig(**TINY))
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert_checkpoint(src, src)
+    with pytest.raises(ValueError, match="max_position must exceed the 40 tokens"):
+        convert_checkpoint(src, tmp_path / "dst", max_position=30)
+    with pytest.raises(StrictDataclassError, match="lln_variant must be one of"):
+        convert_checkpoint(src, tmp_path / "dst", variant="softmax")
+    save_stock(
+        tmp_path / "decoder", BertConfig(**TINY, is_decoder=True), model_class=transformers.BertLMHeadModel
+    )
+    with pytest.raises(ValueError, match="'BertLMHeadModel' has no LLN class"):
+        convert_checkpoint(tmp_path / "decoder", tmp_path / "dst")
+    with pytest.raises(SystemExit):
+        main(["convert", str(src), str(tmp_path / "dst"), "--variant", "softmax"])
+
+
+def test_real_minilm_converts_and_reads_longer_inputs(minilm_path, tmp_path):
+    dst = tmp_path / "minilm-lln"
+    report = convert_checkpoint(minilm_path, dst, variant="lln_diag", max_position=1024)
+    assert (report.model_class, report.new_lln_weights, report.unused_weights) == ("LLNBertModel", [], [])
+    model, loading = transformers.AutoModel.from_pretrained(dst, output_loading_info=True)
+    assert type(model) is hf_lln.LLNBertModel and loading["missing_keys"] == set()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(dst)
+    assert tokenizer.model_max_length == 1024
+    data = tokenizer(" ".join(["linear attention"] * 400), truncation=True, return_tensors="pt")
+    assert data["input_ids"].shape[1] > 512
+    with torch.no_grad():
+        assert torch.isfinite(model(**data).last_hidden_state).all()

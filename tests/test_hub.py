@@ -1,0 +1,196 @@
+"""Model cards, and loading saved LLN models with ``trust_remote_code=True`` where hf_lln cannot be imported."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import EvalResult, ModelCard, metadata_load
+from transformers import BertConfig
+
+from hf_lln.hub import remote_code_sources, write_model_card
+from hf_lln.models import AUTO_MODEL_CLASSES, LLNBertConfig, LLNRobertaConfig, LLNRobertaModel, modeling_lln
+
+TINY = dict(
+    vocab_size=40,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=40,
+)
+SST2 = EvalResult(
+    task_type="text-classification",
+    dataset_type="nyu-mll/glue",
+    dataset_name="GLUE SST-2",
+    dataset_config="sst2",
+    dataset_split="validation",
+    metric_type="accuracy",
+    metric_value=0.912,
+)
+
+
+def classifier_config(**settings) -> LLNBertConfig:
+    config = LLNBertConfig(**TINY, **settings)
+    config.architectures = ["LLNBertForSequenceClassification"]
+    return config
+
+
+def test_model_card_metadata_model_index_and_body(tmp_path):
+    path = write_model_card(
+        tmp_path / "lln-minilm-sst2",
+        classifier_config(lln_variant="lln_diag", lln_block_size=16),
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
+        datasets=["nyu-mll/glue"],
+        eval_results=[SST2],
+        training_summary="Fine-tuned for 3 epochs on SST-2.",
+    )
+    assert path == tmp_path / "lln-minilm-sst2" / "README.md"
+    metadata = metadata_load(path)
+    assert metadata["library_name"] == "transformers"
+    assert {"hf-lln", "lln_diag", "bert"} <= set(metadata["tags"])
+    assert metadata["datasets"] == ["nyu-mll/glue"]
+    assert metadata["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert metadata["pipeline_tag"] == "text-classification"
+    (entry,) = metadata["model-index"]
+    assert entry["name"] == "lln-minilm-sst2"
+    (result,) = entry["results"]
+    assert result["dataset"]["config"] == "sst2"
+    assert result["metrics"] == [{"type": "accuracy", "value": 0.912}]
+    text = ModelCard.load(path).text
+    assert (
+        'AutoModelForSequenceClassification.from_pretrained("lln-minilm-sst2", trust_remote_code=True)'
+        in text
+    )
+    assert "| `lln_block_size` | `16` |" in text
+    assert "Fine-tuned for 3 epochs on SST-2." in text
+    assert "| text-classification | GLUE SST-2 | accuracy | 0.912 |" in text
+
+
+def test_model_card_without_results_has_no_model_index(tmp_path):
+    metadata = metadata_load(write_model_card(tmp_path, classifier_config(lln_variant="performer")))
+    assert "model-index" not in metadata and "performer" in metadata["tags"]
+    assert "## Results" not in ModelCard.load(tmp_path / "README.md").text
+
+
+def test_model_card_of_a_stock_model_shows_the_settings_in_use(tmp_path):
+    config = BertConfig(**TINY, attn_implementation="lln_diag")
+    text = ModelCard.load(write_model_card(tmp_path / "lln", config)).text
+    assert "| `lln_variant` | `lln_diag` |" in text and "| `lln_mix_mode` | `average` |" in text
+    softmax = ModelCard.load(
+        write_model_card(tmp_path / "sdpa", BertConfig(**TINY, attn_implementation="sdpa"))
+    )
+    assert "softmax attention" in softmax.text and "## Attention settings" not in softmax.text
+
+
+def test_eval_results_must_be_eval_result_objects(tmp_path):
+    with pytest.raises(TypeError, match="EvalResult"):
+        write_model_card(tmp_path, classifier_config(), eval_results=[{"accuracy": 0.9}])
+
+
+def test_remote_code_is_hf_lln_free_and_self_contained():
+    sources = remote_code_sources(LLNRobertaModel)
+    assert {"modeling_lln.py", "configuration_lln.py", "attention.py", "lln.py", "lln_diag.py"} <= set(
+        sources
+    )
+    for file_name, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("hf_lln") for alias in node.names), file_name
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("hf_lln"), file_name
+                if node.level == 1 and node.module:
+                    assert f"{node.module}.py" in sources, (file_name, node.module)
+
+
+REMOTE_LOAD = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoHfLln(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "hf_lln":
+                raise ModuleNotFoundError(name)
+
+    sys.meta_path.insert(0, NoHfLln())
+    import torch, transformers
+
+    cases = torch.load(sys.argv[1])
+    for folder, (auto_name, inputs, expected) in cases.items():
+        model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model)
+        with torch.no_grad():
+            output = model(**inputs)
+        output = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        assert torch.equal(output, expected), folder
+    model.save_pretrained(sys.argv[2])
+    again = getattr(transformers, auto_name).from_pretrained(sys.argv[2], trust_remote_code=True).eval()
+    with torch.no_grad():
+        output = again(**inputs)
+    assert torch.equal(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0], expected)
+    assert not [name for name in sys.modules if name.split(".")[0] == "hf_lln"]
+    print("loaded", len(cases))
+    """
+)
+
+
+def test_every_head_loads_with_trust_remote_code_without_hf_lln(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 9), generator=generator)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    cases = {}
+    for model_type, classes in AUTO_MODEL_CLASSES.items():
+        for auto_name, model_class in classes.items():
+            if auto_name == "AutoConfig":
+                continue
+            torch.manual_seed(0)
+            model = model_class(classes["AutoConfig"](**TINY, lln_mix_mode="learnable_scale")).eval()
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if ".lln_mix." in name:
+                        parameter.uniform_(0.1, 0.9)
+            folder = tmp_path / model_type / auto_name
+            model.save_pretrained(folder)
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            if auto_name == "AutoModelForMultipleChoice":
+                inputs = {key: torch.stack([value, value.flip(1)], 1) for key, value in inputs.items()}
+            with torch.no_grad():
+                output = model(**inputs)
+            expected = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            cases[str(folder)] = (auto_name, inputs, expected)
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path / "cases.pt"), str(tmp_path / "resaved")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded 12" in result.stdout
+
+
+def test_save_pretrained_with_push_to_hub_uploads_after_the_remote_code_is_written(tmp_path, monkeypatch):
+    uploads = []
+
+    def fake_push(folder, repo_id, **kwargs):
+        uploads.append((repo_id, kwargs, sorted(path.name for path in Path(folder).iterdir())))
+
+    monkeypatch.setattr(modeling_lln, "push_folder_to_hub", fake_push)
+    model = LLNRobertaModel(LLNRobertaConfig(**TINY))
+    model.save_pretrained(
+        tmp_path / "out", push_to_hub=True, repo_id="me/lln-roberta", commit_message="first"
+    )
+    ((repo_id, kwargs, files),) = uploads
+    assert (repo_id, kwargs) == ("me/lln-roberta", {"token": None, "commit_message": "first"})
+    assert {"config.json", "model.safetensors", "modeling_lln.py", "configuration_lln.py"} <= set(files)
