@@ -10,7 +10,12 @@ modules hold the fast paths (O(seq) memory); ``triton/`` holds fused GPU kernels
 available and never required.
 """
 
-from hf_lln.ops.baselines import cosformer_attention, linear_elu_attention, performer_attention, performer_projection
+from hf_lln.ops.baselines import (
+    cosformer_attention,
+    linear_elu_attention,
+    performer_attention,
+    performer_projection,
+)
 from hf_lln.ops.block_diag import block_diag_attention
 from hf_lln.ops.cheap_linear import cheap_linear_attention, cheap_linear_encode, cheap_linear_lookup
 from hf_lln.ops.lln import lln_attention, lln_encode, lln_lookup

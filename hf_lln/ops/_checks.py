@@ -16,7 +16,9 @@ def check_tensor(name: str, tensor, ndim: int, layout: str) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(tensor).__name__}")
     if tensor.dim() != ndim:
-        raise ValueError(f"{name} must have shape {layout}, got a {tensor.dim()}-d tensor of shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have shape {layout}, got a {tensor.dim()}-d tensor of shape {tuple(tensor.shape)}"
+        )
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
 
@@ -27,7 +29,9 @@ def check_mask(mask, batch: int, seq: int, device: torch.device) -> None:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a bool tensor of shape (batch, seq) = ({batch}, {seq}), True = real token; got {got}")
+        raise TypeError(
+            f"mask must be a bool tensor of shape (batch, seq) = ({batch}, {seq}), True = real token; got {got}"
+        )
     if tuple(mask.shape) != (batch, seq):
         raise ValueError(f"mask must have shape (batch, seq) = ({batch}, {seq}), got {tuple(mask.shape)}")
     if mask.device != device:
@@ -43,7 +47,9 @@ def check_qkv(q, k, v, mask=None) -> None:
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must have shape (batch, heads, seq, v_dim) with (batch, heads, seq) = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+        raise ValueError(
+            f"v must have shape (batch, heads, seq, v_dim) with (batch, heads, seq) = {tuple(q.shape[:3])}, got {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):

@@ -52,7 +52,14 @@ def linear_elu_attention(
     in_dtype = q.dtype
     q, k, v = _prepare(q, k, v, mask, eps, chunk_size)
     out = feature_attention(
-        F.elu(q) + 1.0, F.elu(k) + 1.0, v, mask, causal=causal, normaliser="sum", eps=eps, chunk_size=chunk_size
+        F.elu(q) + 1.0,
+        F.elu(k) + 1.0,
+        v,
+        mask,
+        causal=causal,
+        normaliser="sum",
+        eps=eps,
+        chunk_size=chunk_size,
     )
     return out.to(in_dtype)
 
@@ -76,7 +83,9 @@ def performer_projection(
         orthogonal, _ = torch.linalg.qr(gaussian)
         blocks.append(orthogonal.T)
     rows = torch.cat(blocks)[:num_features]
-    norms = torch.randn(num_features, head_dim, generator=generator, dtype=torch.float64).norm(dim=1, keepdim=True)
+    norms = torch.randn(num_features, head_dim, generator=generator, dtype=torch.float64).norm(
+        dim=1, keepdim=True
+    )
     return (rows * norms).to(dtype=dtype, device=device)
 
 
@@ -111,7 +120,9 @@ def performer_attention(
     check_scale(scale)
     check_tensor("projection", projection, 2, f"(num_features, head_dim={q.shape[-1]})")
     if projection.shape[1] != q.shape[-1]:
-        raise ValueError(f"projection must have shape (num_features, head_dim={q.shape[-1]}), got {tuple(projection.shape)}")
+        raise ValueError(
+            f"projection must have shape (num_features, head_dim={q.shape[-1]}), got {tuple(projection.shape)}"
+        )
     q, k, v = _prepare(q, k, v, mask, eps, chunk_size)
     lq, lk = performer_log_features(q, k, projection.to(q.device), scale)
     return exp_feature_attention(lq, lk, v, mask, causal=causal, eps=eps, chunk_size=chunk_size).to(in_dtype)
@@ -146,5 +157,7 @@ def cosformer_attention(
     relu_q, relu_k = F.relu(q), F.relu(k)
     phi_q = torch.cat([relu_q * cos, relu_q * sin], dim=-1)
     phi_k = torch.cat([relu_k * cos, relu_k * sin], dim=-1)
-    out = feature_attention(phi_q, phi_k, v, mask, causal=causal, normaliser="sum", eps=eps, chunk_size=chunk_size)
+    out = feature_attention(
+        phi_q, phi_k, v, mask, causal=causal, normaliser="sum", eps=eps, chunk_size=chunk_size
+    )
     return out.to(in_dtype)

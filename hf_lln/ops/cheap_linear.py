@@ -55,7 +55,9 @@ class CheapLinearState:
     count: torch.Tensor
 
 
-def cheap_linear_encode(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> CheapLinearState:
+def cheap_linear_encode(
+    k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> CheapLinearState:
     """Fold ``k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` into a ``CheapLinearState``."""
     check_qkv(k, k, v, mask)
     dtype = compute_dtype(k.dtype)
@@ -73,7 +75,9 @@ def cheap_linear_lookup(q: torch.Tensor, state: CheapLinearState, scale: float |
     check_tensor("q", q, 4, "(batch, heads, queries, head_dim)")
     expected = tuple(state.kv.shape[:3])
     if (q.shape[0], q.shape[1], q.shape[3]) != expected:
-        raise ValueError(f"q must have shape (batch, heads, queries, head_dim) with (batch, heads, head_dim) = {expected}, got {tuple(q.shape)}")
+        raise ValueError(
+            f"q must have shape (batch, heads, queries, head_dim) with (batch, heads, head_dim) = {expected}, got {tuple(q.shape)}"
+        )
     check_scale(scale)
     q_scaled = q.to(state.kv.dtype) * default_scale(scale, q.shape[-1])
     return ((q_scaled @ state.kv) / state.count.clamp_min(1.0)).to(q.dtype)

@@ -17,7 +17,9 @@ from hf_lln.ops._checks import check_choice
 KERNEL_MODES = ("auto", "triton", "torch")
 KERNELS_ENV = "HF_LLN_KERNELS"
 
-_mode_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("hf_lln_kernel_mode", default=None)
+_mode_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hf_lln_kernel_mode", default=None
+)
 
 
 def kernel_mode() -> str:
@@ -37,7 +39,9 @@ def use_kernels(mode: str):
         _mode_override.reset(token)
 
 
-def fused_kernels(q, k, v, mask, *, causal: bool, dropout_p: float) -> ModuleType | None:
+def fused_kernels(
+    q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None
+) -> ModuleType | None:
     """The fused-kernel module when it should run this call, else None (use the PyTorch path)."""
     mode = kernel_mode()
     if mode == "torch" or (mode == "auto" and not q.is_cuda):
@@ -47,7 +51,9 @@ def fused_kernels(q, k, v, mask, *, causal: bool, dropout_p: float) -> ModuleTyp
     except ImportError:
         fused = None
     supported = (
-        fused is not None and fused.is_available() and fused.supports(q, k, v, mask, causal=causal, dropout_p=dropout_p)
+        fused is not None
+        and fused.is_available()
+        and fused.supports(q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size)
     )
     if supported:
         return fused

@@ -105,7 +105,9 @@ def _causal_exp_feature_attention(lq, lk, v, mask, eps, chunk_size):
         logits = torch.where(visible, logits, neg_inf)
         inter_logits = lq_c + ref
         with torch.no_grad():
-            row_max = torch.maximum(inter_logits.amax(dim=-1, keepdim=True), logits.amax(dim=-1, keepdim=True))
+            row_max = torch.maximum(
+                inter_logits.amax(dim=-1, keepdim=True), logits.amax(dim=-1, keepdim=True)
+            )
             row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
         phi_inter = torch.exp(inter_logits - row_max)
         weights = torch.exp(logits - row_max)
@@ -144,8 +146,10 @@ def feature_attention(
     key_mask = _key_mask(mask)
     if key_mask is not None:
         phi_k = phi_k.masked_fill(~key_mask, 0.0)
-    counts = phi_k.new_ones(phi_k.shape[:3] + (1,)) if key_mask is None else key_mask.to(phi_k.dtype).expand(
-        phi_k.shape[:3] + (1,)
+    counts = (
+        phi_k.new_ones(phi_k.shape[:3] + (1,))
+        if key_mask is None
+        else key_mask.to(phi_k.dtype).expand(phi_k.shape[:3] + (1,))
     )
     if not causal:
         numerator = phi_q @ (phi_k.transpose(-1, -2) @ v)
@@ -182,6 +186,8 @@ def _causal_feature_attention(phi_q, phi_k, v, counts, normaliser, eps, chunk_si
         prefix_sums = chunk_sums.cumsum(dim=2) - chunk_sums
         denominator = scores.sum(dim=-1, keepdim=True) + phi_q @ prefix_sums.transpose(-1, -2)
     else:
-        denominator = counts.cumsum(dim=3) + (counts.sum(dim=3, keepdim=True).cumsum(dim=2) - counts.sum(dim=3, keepdim=True))
+        denominator = counts.cumsum(dim=3) + (
+            counts.sum(dim=3, keepdim=True).cumsum(dim=2) - counts.sum(dim=3, keepdim=True)
+        )
     out = numerator / denominator.clamp_min(eps)
     return out.reshape(batch, heads, chunks * chunk_size, -1)[:, :, :seq]

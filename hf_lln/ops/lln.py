@@ -125,7 +125,9 @@ def lln_lookup(q: torch.Tensor, state: LLNState, eps: float = 1e-6) -> torch.Ten
     check_tensor("q", q, 4, "(batch, heads, queries, head_dim)")
     expected = tuple(state.key_sum.shape)
     if (q.shape[0], q.shape[1], q.shape[3]) != expected:
-        raise ValueError(f"q must have shape (batch, heads, queries, head_dim) with (batch, heads, head_dim) = {expected}, got {tuple(q.shape)}")
+        raise ValueError(
+            f"q must have shape (batch, heads, queries, head_dim) with (batch, heads, head_dim) = {expected}, got {tuple(q.shape)}"
+        )
     check_positive_float("eps", eps)
     lq = state.alpha[..., None, None] * q.to(state.kv.dtype) + state.key_max.unsqueeze(2)
     phi_q = torch.exp(lq - lq.amax(dim=-1, keepdim=True).detach())

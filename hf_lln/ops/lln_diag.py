@@ -22,8 +22,13 @@ MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 
 def check_mix(mix, lln_weight, diag_weight, heads: int, v_dim: int) -> None:
     check_choice("mix", mix, MIX_MODES)
-    wanted = {"average": (False, False), "learnable_scale": (True, True), "learnable_ratio": (True, False)}[mix]
-    for name, weight, needed in (("lln_weight", lln_weight, wanted[0]), ("diag_weight", diag_weight, wanted[1])):
+    wanted = {"average": (False, False), "learnable_scale": (True, True), "learnable_ratio": (True, False)}[
+        mix
+    ]
+    for name, weight, needed in (
+        ("lln_weight", lln_weight, wanted[0]),
+        ("diag_weight", diag_weight, wanted[1]),
+    ):
         if needed and weight is None:
             raise ValueError(f"mix={mix!r} needs {name} of shape (heads, v_dim) = ({heads}, {v_dim})")
         if not needed and weight is not None:
@@ -31,7 +36,9 @@ def check_mix(mix, lln_weight, diag_weight, heads: int, v_dim: int) -> None:
         if weight is not None:
             check_tensor(name, weight, 2, f"(heads, v_dim) = ({heads}, {v_dim})")
             if tuple(weight.shape) != (heads, v_dim):
-                raise ValueError(f"{name} must have shape (heads, v_dim) = ({heads}, {v_dim}), got {tuple(weight.shape)}")
+                raise ValueError(
+                    f"{name} must have shape (heads, v_dim) = ({heads}, {v_dim}), got {tuple(weight.shape)}"
+                )
 
 
 def mix_outputs(lln_out, diag_out, mix, lln_weight, diag_weight) -> torch.Tensor:
@@ -68,13 +75,24 @@ def lln_diag_attention(
     if block_size is not None:
         check_positive_int("block_size", block_size)
     check_dropout(dropout_p)
-    fused = fused_kernels(q, k, v, mask, causal=causal, dropout_p=dropout_p)
+    fused = fused_kernels(q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size)
     if fused is not None:
         return fused.lln_diag_attention(
-            q, k, v, mask, mix=mix, lln_weight=lln_weight, diag_weight=diag_weight,
-            block_size=block_size, scale=scale, eps=eps, stats=stats,
+            q,
+            k,
+            v,
+            mask,
+            mix=mix,
+            lln_weight=lln_weight,
+            diag_weight=diag_weight,
+            block_size=block_size,
+            scale=scale,
+            eps=eps,
+            stats=stats,
         )
-    lln_out = lln_attention(q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size)
+    lln_out = lln_attention(
+        q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size
+    )
     diag_out = block_diag_attention(
         q, k, v, mask, block_size=block_size, causal=causal, scale=scale, dropout_p=dropout_p
     )

@@ -31,7 +31,9 @@ def normalise_rows(weights: torch.Tensor, visible: torch.Tensor) -> torch.Tensor
     """Row-normalise non-negative ``weights`` over visible keys; empty rows become zeros."""
     weights = torch.where(visible, weights, torch.zeros_like(weights))
     total = weights.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, weights / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(weights))
+    return torch.where(
+        total > 0, weights / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(weights)
+    )
 
 
 def softmax_rows(logits: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -70,8 +72,21 @@ def dense_block_diag(q, k, v, mask=None, *, block_size=None, causal=False, scale
 
 
 def dense_lln_diag(
-    q, k, v, mask=None, *, mix="average", lln_weight=None, diag_weight=None, block_size=None, causal=False,
-    scale=None, eps=1e-6, stats="per_sequence", dropout_p=0.0, chunk_size=64,
+    q,
+    k,
+    v,
+    mask=None,
+    *,
+    mix="average",
+    lln_weight=None,
+    diag_weight=None,
+    block_size=None,
+    causal=False,
+    scale=None,
+    eps=1e-6,
+    stats="per_sequence",
+    dropout_p=0.0,
+    chunk_size=64,
 ):
     lln_out = dense_lln(q, k, v, mask, causal=causal, scale=scale, stats=stats)
     diag_out = dense_block_diag(q, k, v, mask, block_size=block_size, causal=causal, scale=scale)
@@ -83,7 +98,10 @@ def cheap_linear_matrix(q, k, mask=None, *, causal=False, scale=None) -> torch.T
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     visible = visible_keys(mask, q.shape[0], q.shape[2], causal, q.device)
     counts = visible.sum(dim=-1, keepdim=True).clamp_min(1).to(q.dtype)
-    return torch.where(visible, scale * q @ k.transpose(-1, -2), torch.zeros((), dtype=q.dtype, device=q.device)) / counts
+    return (
+        torch.where(visible, scale * q @ k.transpose(-1, -2), torch.zeros((), dtype=q.dtype, device=q.device))
+        / counts
+    )
 
 
 def dense_cheap_linear(q, k, v, mask=None, *, causal=False, scale=None, chunk_size=64):

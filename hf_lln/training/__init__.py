@@ -33,7 +33,7 @@ API:
 
 - ``make_accelerator(args, project_name) -> Accelerator``: seedable data order (``--seed`` +
   epoch), scheduler stepped once per optimizer step by ``train``, trackers under ``project_name``.
-- ``model_init_kwargs(args) -> dict``: ``{"attn_implementation": ...}`` when given.
+- ``model_init_kwargs(args) -> dict``: float32 weights (``dtype``) and ``attn_implementation`` when given.
 - ``train(accelerator, args, model, optimizer, scheduler, train_dataloader, plan, *,
   compute_loss=model_loss, evaluate=None, tokens_in=count_tokens) -> TrainingSummary``:
   ``compute_loss(model, batch) -> scalar tensor`` (default ``model(**batch).loss``);

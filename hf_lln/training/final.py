@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from hf_lln.hub import write_model_card
+from hf_lln.hub import push_folder_to_hub, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,11 @@ def results_markdown(results: Mapping[str, float]) -> str:
 
 
 def _upload(output_dir: Path, args: argparse.Namespace) -> None:
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=args.hub_token)
-    repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=output_dir,
+    push_folder_to_hub(
+        output_dir,
+        args.hub_model_id,
+        token=args.hub_token,
         commit_message="hf_lln training run",
         ignore_patterns=["step_*", ".step_*", "step_*/**", ".step_*/**"],
     )
-    logger.info("uploaded %s to https://huggingface.co/%s", output_dir, repo_id)
+    logger.info("uploaded %s to the Hub repo %s", output_dir, args.hub_model_id)

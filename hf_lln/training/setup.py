@@ -65,9 +65,17 @@ def tracker_config(args: argparse.Namespace) -> dict[str, int | float | str | bo
     return config
 
 
-def model_init_kwargs(args: argparse.Namespace) -> dict[str, str]:
-    """Keyword arguments for ``from_pretrained``/``from_config`` from the shared flags (``attn_implementation``)."""
-    return {} if args.attn_implementation is None else {"attn_implementation": args.attn_implementation}
+def model_init_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments for ``from_pretrained``/``from_config`` from the shared flags (``attn_implementation``).
+
+    Weights are always created in float32: Transformers 5 loads a checkpoint in its stored dtype by default, and
+    a bf16/fp16 checkpoint trained in its own dtype has no float32 master weights (fp16 overflows to NaN at once);
+    ``--mixed_precision`` is how training runs in half precision.
+    """
+    kwargs = {"dtype": torch.float32}
+    if args.attn_implementation is not None:
+        kwargs["attn_implementation"] = args.attn_implementation
+    return kwargs
 
 
 def apply_memory_options(model: torch.nn.Module, args: argparse.Namespace) -> None:

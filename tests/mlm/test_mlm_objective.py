@@ -27,6 +27,19 @@ def batch_of(tokenizer, rows=64, length=50):
     return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "special_tokens_mask": special}
 
 
+def tiny_model() -> RobertaForMaskedLM:
+    config = RobertaConfig(
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        pad_token_id=0,
+        max_position_embeddings=60,
+    )
+    return RobertaForMaskedLM(config).eval()
+
+
 def test_masking_follows_bert_rules(tokenizer):
     torch.manual_seed(0)
     batch = batch_of(tokenizer)
@@ -47,30 +60,36 @@ def test_masking_follows_bert_rules(tokenizer):
 
 def test_evaluation_is_the_mean_over_masked_tokens_and_repeatable(tokenizer):
     torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=100,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        pad_token_id=0,
-        max_position_embeddings=60,
-    )
-    model = RobertaForMaskedLM(config).eval()
+    model = tiny_model()
     batches = [batch_of(tokenizer, rows=4) for _ in range(3)]
     objective = MaskedLanguageModeling(tokenizer, 0.15, seed=3)
     accelerator = Accelerator(cpu=True)
     metrics = objective.evaluate(accelerator, model, batches)
     assert objective.evaluate(accelerator, model, batches) == metrics
-    # reference: the same masks drawn in the same order, Transformers' own loss weighted by masked tokens
-    torch.manual_seed(3)
+    # reference: the same evaluation masks, Transformers' own loss weighted by masked tokens
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            inputs = objective.mask(batch)
+            inputs = objective.evaluation_mask(batch)
             n = int((inputs["labels"] != -100).sum())
             total += model(**inputs).loss.item() * n
             count += n
     assert metrics["loss"] == pytest.approx(total / count, rel=1e-5)
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
     assert metrics["loss"] == pytest.approx(math.log(100), abs=0.5)
+
+
+def test_evaluation_masks_do_not_depend_on_batching(tokenizer):
+    """The same rows split into other batches (as when several processes shard the split) give the same loss."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    rows = batch_of(tokenizer, rows=12)
+    objective = MaskedLanguageModeling(tokenizer, 0.15, seed=3)
+    accelerator = Accelerator(cpu=True)
+
+    def split(size, order):
+        return [{key: value[order[i : i + size]] for key, value in rows.items()} for i in range(0, 12, size)]
+
+    whole = objective.evaluate(accelerator, model, split(12, torch.arange(12)))["loss"]
+    shuffled = objective.evaluate(accelerator, model, split(3, torch.randperm(12)))["loss"]
+    assert shuffled == pytest.approx(whole, rel=1e-6)

@@ -14,7 +14,13 @@ def test_default_block_is_head_size_and_one_block_equals_softmax():
     expected = F.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(ops.block_diag_attention(q, k, v), expected, rtol=1e-12, atol=1e-12)
     split = ops.block_diag_attention(q, k, v, block_size=16)
-    halves = torch.cat([F.scaled_dot_product_attention(q[:, :, s], k[:, :, s], v[:, :, s]) for s in (slice(0, 16), slice(16, 32))], dim=2)
+    halves = torch.cat(
+        [
+            F.scaled_dot_product_attention(q[:, :, s], k[:, :, s], v[:, :, s])
+            for s in (slice(0, 16), slice(16, 32))
+        ],
+        dim=2,
+    )
     torch.testing.assert_close(split, halves, rtol=1e-12, atol=1e-12)
 
 

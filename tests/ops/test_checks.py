@@ -40,14 +40,20 @@ def test_argument_value_errors():
         ops.block_diag_attention(q, k, v, block_size=0)
     with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
         ops.lln_diag_attention(q, k, v, block_size=-3)
-    with pytest.raises(ValueError, match="mix must be one of 'average', 'learnable_scale', 'learnable_ratio'"):
+    with pytest.raises(
+        ValueError, match="mix must be one of 'average', 'learnable_scale', 'learnable_ratio'"
+    ):
         ops.lln_diag_attention(q, k, v, mix="sum")
     with pytest.raises(ValueError, match="needs lln_weight of shape"):
         ops.lln_diag_attention(q, k, v, mix="learnable_ratio")
     with pytest.raises(ValueError, match=r"lln_weight must have shape \(heads, v_dim\) = \(2, 32\)"):
-        ops.lln_diag_attention(q, k, v, mix="learnable_ratio", lln_weight=torch.ones(3, 32, dtype=torch.float64))
+        ops.lln_diag_attention(
+            q, k, v, mix="learnable_ratio", lln_weight=torch.ones(3, 32, dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match="takes no diag_weight"):
-        ops.lln_diag_attention(q, k, v, mix="learnable_ratio", lln_weight=torch.ones(2, 32), diag_weight=torch.ones(2, 32))
+        ops.lln_diag_attention(
+            q, k, v, mix="learnable_ratio", lln_weight=torch.ones(2, 32), diag_weight=torch.ones(2, 32)
+        )
     with pytest.raises(ValueError, match="stats must be one of"):
         ops.lln_attention(q, k, v, stats="batch")
     with pytest.raises(ValueError, match="eps must be a number > 0"):

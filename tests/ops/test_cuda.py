@@ -12,16 +12,28 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
+)
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("seq", [1, 63, 500])
 def test_cuda_matches_reference(name, dtype, causal, seq):
     q, k, v = (t.to(dtype).double() for t in random_qkv(2, 3, seq, 64, seed=seq))
     mask = random_mask(2, seq, seed=seq)
     kwargs = variant_kwargs(name, 3, 64, 64, torch.float64)
-    kwargs = {key: (val.detach().to(dtype).double().requires_grad_() if isinstance(val, torch.Tensor) and val.requires_grad else val) for key, val in kwargs.items()}
+    kwargs = {
+        key: (
+            val.detach().to(dtype).double().requires_grad_()
+            if isinstance(val, torch.Tensor) and val.requires_grad
+            else val
+        )
+        for key, val in kwargs.items()
+    }
     ref = DENSE[name](q, k, v, mask, causal=causal, **kwargs)
-    cuda_kwargs = {key: (val.detach().to("cuda", dtype) if isinstance(val, torch.Tensor) and val.requires_grad else val) for key, val in kwargs.items()}
+    cuda_kwargs = {
+        key: (val.detach().to("cuda", dtype) if isinstance(val, torch.Tensor) and val.requires_grad else val)
+        for key, val in kwargs.items()
+    }
     leaves = [t.to("cuda", dtype).requires_grad_() for t in (q, k, v)]
     with use_kernels("torch"):
         out = FAST[name](*leaves, mask.cuda(), causal=causal, **cuda_kwargs)

@@ -40,7 +40,7 @@ def test_lookup_answers_any_number_of_queries():
     _, k, v = random_qkv(1, 2, 300, 32, seed=1)
     queries = torch.randn(1, 2, 17, 32, dtype=torch.float64)
     state = ops.cheap_linear_encode(k, v)
-    expected = (0.5 ** 2.5 * queries @ k.transpose(-1, -2) / 300) @ v
+    expected = (0.5**2.5 * queries @ k.transpose(-1, -2) / 300) @ v
     torch.testing.assert_close(ops.cheap_linear_lookup(queries, state), expected, rtol=1e-10, atol=1e-12)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from hf_lln.training import decay_parameter_groups, make_optimizer, make_scheduler
+from hf_lln.training import decay_parameter_groups, make_optimizer, make_scheduler, model_init_kwargs
 
 
 def tiny_bert():
@@ -51,3 +51,16 @@ def test_warmup_then_linear_decay():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_half_precision_checkpoint_loads_float32_master_weights(tmp_path):
+    """A checkpoint stored in fp16 trains from float32 weights (Transformers 5 would keep fp16 by default)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertForSequenceClassification(config).half().save_pretrained(tmp_path)
+    args = argparse.Namespace(attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, **model_init_kwargs(args))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -1,0 +1,140 @@
+"""Fused Triton kernels for non-causal LLN and LLN + Diag (optional; triton is imported lazily).
+
+Same functions as ``hf_lln.ops.lln_attention`` / ``hf_lln.ops.lln_diag_attention`` restricted to
+what the kernels handle (``supports``): CUDA tensors of one dtype (float32, bfloat16, float16),
+``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` with head_dim and v_dim
+in {16, 32, 64} (128-wide tiles with float32 products overflow shared memory), key padding
+``mask: (batch, seq)`` bool or None, non-causal, no dropout, diagonal blocks of at most 128 tokens
+(64 for float32). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
+gradient, as in the PyTorch path. Design and measurements: docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_DIMS = (16, 32, 64)
+MAX_BLOCK_SIZE = 128
+# float32 tiles of wider blocks need more shared memory than an H100 has (compiler's report).
+MAX_FLOAT32_BLOCK_SIZE = 64
+MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
+STATS_MODES = ("per_sequence", "global")
+
+
+@functools.cache
+def is_available() -> bool:
+    """True when triton is importable and a CUDA device is present (checked once per process)."""
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+def _unsupported(q, k, v, mask, causal, dropout_p, block_size) -> str | None:
+    """Why the kernels cannot take these inputs, or None when they can."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return f"{name} must be a 4-d tensor (batch, heads, seq, dim)"
+        if x.device.type != "cuda":
+            return f"{name} must be on a CUDA device, got {x.device}"
+        if x.dtype not in SUPPORTED_DTYPES:
+            return f"{name} must have dtype float32, bfloat16 or float16, got {x.dtype}"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if k.device != q.device or v.device != q.device:
+        return "q, k, v must be on one device"
+    if k.shape != q.shape:
+        return f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}"
+    if v.shape[:3] != q.shape[:3]:
+        return f"v must have shape {tuple(q.shape[:3])} + (v_dim,), got {tuple(v.shape)}"
+    if q.shape[2] < 1:
+        return "seq must be at least 1"
+    if q.shape[3] not in SUPPORTED_DIMS or v.shape[3] not in SUPPORTED_DIMS:
+        return f"head_dim and v_dim must be in {SUPPORTED_DIMS}, got {q.shape[3]} and {v.shape[3]}"
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            return "mask must be a bool tensor (batch, seq) or None"
+        if mask.shape != q.shape[:1] + q.shape[2:3] or mask.device != q.device:
+            return f"mask must have shape {(q.shape[0], q.shape[2])} on q's device, got {tuple(mask.shape)}"
+    if causal:
+        return "causal attention is not fused (the chunked PyTorch path handles it)"
+    if dropout_p != 0.0:
+        return f"dropout_p must be 0.0, got {dropout_p}"
+    if block_size is not None and not 1 <= block_size <= MAX_BLOCK_SIZE:
+        return f"block_size must be in [1, {MAX_BLOCK_SIZE}], got {block_size}"
+    if block_size is not None and q.dtype == torch.float32 and block_size > MAX_FLOAT32_BLOCK_SIZE:
+        return f"block_size must be at most {MAX_FLOAT32_BLOCK_SIZE} for float32 inputs, got {block_size}"
+    return None
+
+
+def supports(q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None) -> bool:
+    """Whether the fused kernels compute these inputs (the dispatcher's test; see module docstring)."""
+    return is_available() and _unsupported(q, k, v, mask, causal, dropout_p, block_size) is None
+
+
+def _check(q, k, v, mask, block_size, stats):
+    reason = _unsupported(q, k, v, mask, False, 0.0, block_size)
+    if reason is not None:
+        raise ValueError(reason)
+    if stats not in STATS_MODES:
+        raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+
+
+def lln_attention(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequence") -> torch.Tensor:
+    """Non-causal LLN attention. q, k: (batch, heads, seq, head_dim), v: (batch, heads, seq, v_dim),
+    mask: (batch, seq) bool (True = real token) or None -> (batch, heads, seq, v_dim) in q's dtype."""
+    _check(q, k, v, mask, None, stats)
+    from hf_lln.ops.triton.functions import fused_lln
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return fused_lln(q, k, v, mask, None, None, block_size=None, scale=scale, eps=eps, stats=stats)
+
+
+def _mix_weights(mix, lln_weight, diag_weight, heads, v_dim, like):
+    """(w_lln, w_diag): (heads, v_dim) float32, differentiable w.r.t. the learnable weights."""
+    if mix == "average":
+        half = torch.full((heads, v_dim), 0.5, dtype=torch.float32, device=like.device)
+        return half, half
+    needed = {"learnable_scale": ("lln_weight", "diag_weight"), "learnable_ratio": ("lln_weight",)}[mix]
+    for name in needed:
+        weight = {"lln_weight": lln_weight, "diag_weight": diag_weight}[name]
+        if not isinstance(weight, torch.Tensor) or weight.shape != (heads, v_dim):
+            got = None if weight is None else tuple(weight.shape)
+            raise ValueError(f"mix={mix!r} needs {name} of shape {(heads, v_dim)}, got {got}")
+        if weight.device != like.device:
+            raise ValueError(f"{name} must be on {like.device}, got {weight.device}")
+    if mix == "learnable_scale":
+        return lln_weight.float().contiguous(), diag_weight.float().contiguous()
+    ratio = lln_weight.float()
+    return ratio.contiguous(), (1.0 - ratio).contiguous()
+
+
+def lln_diag_attention(
+    q,
+    k,
+    v,
+    mask=None,
+    *,
+    mix="average",
+    lln_weight=None,
+    diag_weight=None,
+    block_size=None,
+    scale=None,
+    eps=1e-6,
+    stats="per_sequence",
+) -> torch.Tensor:
+    """LLN mixed with softmax inside diagonal blocks of ``block_size`` tokens (default head_dim).
+
+    Shapes as ``lln_attention``; ``lln_weight, diag_weight: (heads, v_dim)`` for the learnable mixes
+    (``learnable_ratio`` uses ``lln_weight`` as the ratio r: r * lln + (1 - r) * diag).
+    """
+    if mix not in MIX_MODES:
+        raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
+    block_size = q.shape[-1] if block_size is None else block_size
+    _check(q, k, v, mask, block_size, stats)
+    from hf_lln.ops.triton.functions import fused_lln
+
+    w_lln, w_diag = _mix_weights(mix, lln_weight, diag_weight, q.shape[1], v.shape[-1], q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return fused_lln(q, k, v, mask, w_lln, w_diag, block_size=block_size, scale=scale, eps=eps, stats=stats)

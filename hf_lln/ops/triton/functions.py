@@ -1,0 +1,228 @@
+"""Launches and autograd Functions around the kernels in ``kernels.py`` (imports triton).
+
+Forward: a statistics pass over q, k (moments and per-channel extremes of k), a few host ops on
+``(batch, heads)``-sized tensors (alpha, beta, the shift ``M_c``), a state pass over k, v
+(``S, z``), and an output pass over q (plus k, v of each diagonal block). Backward: a query pass
+(``dq``, ``dS, dz``, the block softmax's ``dk, dv``, the mix weights' gradients) and a key pass
+(the LLN part of ``dk, dv``). Passes that reduce over the sequence give each program several tiles
+and finish with one atomic add, so long sequences still fill the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
+from hf_lln.ops.triton import kernels
+
+ROW_BLOCK = 64
+
+
+@dataclass
+class LaunchConfig:
+    """Tuning knobs (``scripts/bench_kernels.py`` compares settings); defaults from the H100 runs."""
+
+    programs_per_sm: int = 8
+    output_tiles_per_program: int = 1
+    num_warps: int = 4
+    num_warps_backward: int = 8
+
+
+launch_config = LaunchConfig()
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split(batch_heads: int, num_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(tiles per program, programs per (batch, head)) for a pass that reduces over the sequence."""
+    target = _sm_count(device) * launch_config.programs_per_sm
+    per_program = min(num_tiles, max(1, (batch_heads * num_tiles) // target))
+    return per_program, triton.cdiv(num_tiles, per_program)
+
+
+def _bhs_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _empty_like_layout(q: torch.Tensor, last: int) -> torch.Tensor:
+    """``(batch, heads, seq, last)`` in q's memory order, so a ``(batch, seq, heads, dim)`` view stays one."""
+    batch, heads, seq, _ = q.shape
+    if q.stride(1) < q.stride(2):
+        return torch.empty(batch, seq, heads, last, dtype=q.dtype, device=q.device).transpose(1, 2)
+    return torch.empty(batch, heads, seq, last, dtype=q.dtype, device=q.device)
+
+
+def _mask_args(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if mask is None:
+        return like, 0
+    mask = _unit_last_stride(mask).view(torch.uint8)
+    return mask, mask.stride(0)
+
+
+def _pooled_std(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """Unbiased std from partial (count, mean, M2) along the last dim (Chan et al.), 0 for fewer than
+    two elements, as ``hf_lln.ops.moments.token_std``."""
+    total = count.sum(-1)
+    grand = (count * mean).sum(-1) / total.clamp_min(1.0)
+    m2 = m2.sum(-1) + (count * (mean - grand.unsqueeze(-1)) ** 2).sum(-1)
+    return (m2 / (total - 1.0).clamp_min(1.0)).sqrt()
+
+
+def feature_scales(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, *, stats: str, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha, beta: (batch * heads,) and the shift M_c: (batch * heads, head_dim), all float32.
+
+    Statistics as ``hf_lln.ops.moments.query_key_std``: "per_sequence" over real tokens (finished by
+    ``lln_scales_kernel``, one launch instead of some forty small host ops), "global" over the whole
+    tensor, padding included (finished on the host); M_c is always over real keys.
+    """
+    batch, heads, seq, head_dim = q.shape
+    num_tiles = triton.cdiv(seq, ROW_BLOCK)
+    per_program, chunks = _split(batch * heads, num_tiles, q.device)
+    moments = torch.empty(batch * heads, chunks, 5, head_dim, dtype=torch.float32, device=q.device)
+    k_max = torch.empty(batch * heads, chunks, head_dim, dtype=torch.float32, device=q.device)
+    k_min = torch.empty_like(k_max)
+    mask_arg, stride_mb = _mask_args(mask, q)
+    kernels.lln_stats_kernel[(chunks, batch * heads)](
+        q, k, mask_arg, moments, k_max, k_min,
+        *_bhs_strides(q), *_bhs_strides(k), stride_mb,
+        heads, seq, per_program, chunks,
+        D=head_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None,
+        MASKED_MOMENTS=stats == "per_sequence", num_warps=launch_config.num_warps,
+    )  # fmt: skip
+    if stats == "per_sequence":
+        a, b = moment_constants(head_dim)
+        bh = batch * heads
+        scale_terms = torch.empty(bh * (2 + head_dim), dtype=torch.float32, device=q.device)
+        alpha, beta, shift = (
+            scale_terms[:bh],
+            scale_terms[bh : 2 * bh],
+            scale_terms[2 * bh :].view(bh, head_dim),
+        )
+        kernels.lln_scales_kernel[(batch * heads,)](
+            moments, k_max, k_min, alpha, beta, shift,
+            chunks, head_dim * scale**2, a, b, MIN_STD,
+            D=head_dim, num_warps=1,
+        )  # fmt: skip
+        return alpha, beta, shift
+    pooled = moments.transpose(1, 2).reshape(batch * heads, 5, chunks * head_dim)
+    pooled = pooled.transpose(0, 1).reshape(1, 5, -1)
+    count, q_mean, q_m2, k_mean, k_m2 = pooled.unbind(1)
+    q_std = _pooled_std(count, q_mean, q_m2).expand(batch, heads)
+    k_std = _pooled_std(count, k_mean, k_m2).expand(batch, heads)
+    alpha, beta = lln_feature_scales(q_std, k_std, head_dim, scale)
+    alpha = alpha.reshape(-1).float().contiguous()
+    beta = beta.reshape(-1).float().contiguous()
+    shift = torch.maximum(beta[:, None] * k_max.amax(1), beta[:, None] * k_min.amin(1))
+    # A sequence with no real key has no extremes; any finite shift does, its keys are all zero.
+    shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift)).contiguous()
+    return alpha, beta, shift
+
+
+def _state(k, v, mask, beta, shift):
+    batch, heads, seq, head_dim = k.shape
+    v_dim = v.shape[-1]
+    per_program, chunks = _split(batch * heads, triton.cdiv(seq, ROW_BLOCK), k.device)
+    bh = batch * heads
+    buffer = torch.zeros(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=k.device)
+    state = buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim)
+    norm = buffer[bh * head_dim * v_dim :].view(bh, head_dim)
+    mask_arg, stride_mb = _mask_args(mask, k)
+    kernels.lln_state_kernel[(chunks, batch * heads)](
+        k, v, mask_arg, beta, shift, state, norm,
+        *_bhs_strides(k), *_bhs_strides(v), stride_mb,
+        heads, seq, per_program,
+        D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
+        num_warps=launch_config.num_warps,
+    )  # fmt: skip
+    return state, norm
+
+
+def _row_tile(block_size: int | None) -> tuple[int, int]:
+    """(rows per tile, its power-of-two register block): one diagonal block, or 64 rows for LLN."""
+    tile = ROW_BLOCK if block_size is None else block_size
+    return tile, max(16, triton.next_power_of_2(tile))
+
+
+class _FusedLLN(torch.autograd.Function):
+    """LLN (``block_size=None``) or LLN + block softmax mixed by per-(head, channel) weights."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w_lln, w_diag, mask, block_size, scale, eps, stats):
+        batch, heads, seq, head_dim = q.shape
+        v_dim = v.shape[-1]
+        alpha, beta, shift = feature_scales(q, k, mask, stats=stats, scale=scale)
+        state, norm = _state(k, v, mask, beta, shift)
+        out = _empty_like_layout(q, v_dim)
+        tile, block = _row_tile(block_size)
+        num_tiles = triton.cdiv(seq, tile)
+        per_program = min(num_tiles, launch_config.output_tiles_per_program)
+        mask_arg, stride_mb = _mask_args(mask, q)
+        has_diag = block_size is not None
+        kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+            q, k, v, mask_arg, out, alpha, shift, state, norm,
+            w_lln if has_diag else alpha, w_diag if has_diag else alpha,
+            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
+            heads, seq, tile, per_program, scale * 1.4426950408889634, eps,
+            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
+            HALF=q.dtype != torch.float32, num_warps=launch_config.num_warps,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag)
+        ctx.config = (block_size, scale, eps)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag = ctx.saved_tensors
+        block_size, scale, eps = ctx.config
+        batch, heads, seq, head_dim = q.shape
+        v_dim = v.shape[-1]
+        has_diag = block_size is not None
+        grad = _unit_last_stride(grad)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        d_state = torch.zeros_like(state)
+        d_norm = torch.zeros_like(norm)
+        d_w_lln = torch.zeros(heads, v_dim, dtype=torch.float32, device=q.device) if has_diag else None
+        d_w_diag = torch.zeros_like(d_w_lln) if has_diag else None
+        tile, block = _row_tile(block_size)
+        per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
+        mask_arg, stride_mb = _mask_args(mask, q)
+        half = q.dtype != torch.float32
+        kernels.lln_backward_query_kernel[(chunks, batch * heads)](
+            q, k, v, mask_arg, grad, dq, dk, dv, alpha, shift, state, norm,
+            w_lln if has_diag else alpha, w_diag if has_diag else alpha,
+            d_state, d_norm, d_w_lln if has_diag else alpha, d_w_diag if has_diag else alpha,
+            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
+            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq, tile, per_program, scale, eps,
+            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag, HALF=half,
+            num_warps=launch_config.num_warps_backward,
+        )  # fmt: skip
+        kernels.lln_backward_key_kernel[(triton.cdiv(seq, ROW_BLOCK), batch * heads)](
+            k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
+            *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq,
+            D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
+            num_warps=launch_config.num_warps,
+        )  # fmt: skip
+        return dq, dk, dv, d_w_lln, d_w_diag, None, None, None, None, None
+
+
+def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats):
+    """Apply the autograd Function; inputs already validated, ``w_*: (heads, v_dim)`` float32 or None."""
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    return _FusedLLN.apply(q, k, v, w_lln, w_diag, mask, block_size, float(scale), float(eps), stats)

@@ -1,0 +1,415 @@
+"""Triton kernels for non-causal LLN and LLN + block-diagonal softmax (forward and backward).
+
+Layout shared by every kernel: ``q, k: (batch, heads, seq, head_dim)``, ``v, out: (batch, heads, seq,
+v_dim)`` addressed through their batch / head / seq strides (the last stride must be 1), so the
+``(batch, seq, heads, dim)`` views that Transformers hands over need no copy. The grid's axis 1 is
+``batch * heads``; axis 0 walks the sequence, each program taking ``tiles_per_program`` consecutive
+tiles of ``tile`` rows (a tile is one diagonal block for LLN + Diag). Per-head state lives in small
+float32 buffers indexed by ``batch * heads``: ``alpha, beta: (bh,)``, ``shift: (bh, head_dim)``
+(``M_c``), ``state: (bh, head_dim, v_dim)`` (``S``), ``norm: (bh, head_dim)`` (``z``).
+
+Everything is accumulated in float32; ``HALF`` marks bf16/fp16 inputs, for which the LLN state
+products run as tf32 and the block softmax's products on operands in the input dtype, like
+FlashAttention; float32 inputs get 3xtf32 products (float32 accuracy on the tensor cores).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, HALF: tl.constexpr):
+    """float32 product for the LLN state: tf32 for half inputs, 3xtf32 (float32 accuracy) for float32."""
+    if HALF:
+        out = tl.dot(a, b, input_precision="tf32")
+    else:
+        out = tl.dot(a, b, input_precision="tf32x3")
+    return out
+
+
+@triton.jit
+def _dot_in(a, b, like, HALF: tl.constexpr):
+    """Block-softmax product with operands rounded to ``like``'s (the input) dtype, as FlashAttention does."""
+    if HALF:
+        out = tl.dot(a.to(like.dtype), b.to(like.dtype))
+    else:
+        out = tl.dot(a, b, input_precision="tf32x3")
+    return out
+
+
+@triton.jit
+def _load_rows(ptr, rows, row_ok, cols, stride_s):
+    return tl.load(ptr + rows[:, None] * stride_s + cols[None, :], mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _key_ok(mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr):
+    ok = row_ok
+    if HAS_MASK:
+        ok = row_ok & (tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def _chan_merge(n, mean, m2, n_t, mean_t, m2_t):
+    """Merge per-channel (count, mean, M2) of a tile into running ones (Chan et al.)."""
+    n_new = n + n_t
+    delta = mean_t - mean
+    inv = 1.0 / tl.maximum(n_new, 1.0)
+    return n_new, mean + delta * n_t * inv, m2 + m2_t + delta * delta * n * n_t * inv
+
+
+@triton.jit
+def _tile_moments(x, ok2, n_t):
+    mean_t = tl.sum(tl.where(ok2, x, 0.0), axis=0) / tl.maximum(n_t, 1.0)
+    centred = tl.where(ok2, x - mean_t[None, :], 0.0)
+    return mean_t, tl.sum(centred * centred, axis=0)
+
+
+@triton.jit
+def lln_stats_kernel(
+    Q, K, MASK, MOMENTS, KMAX, KMIN,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_mb,
+    heads, seq, tiles_per_program, num_chunks,
+    D: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_MOMENTS: tl.constexpr,
+):  # fmt: skip
+    """Per-channel moments of q and k (over real tokens with ``MASKED_MOMENTS``, else over all) and
+    per-channel extremes of k over real tokens, per chunk.
+
+    Writes ``MOMENTS: (bh, num_chunks, 5, D)`` = (count, q mean, q M2, k mean, k M2) and
+    ``KMAX, KMIN: (bh, num_chunks, D)``; the host merges them across chunks and channels.
+    """
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    cols = tl.arange(0, D)
+    n = tl.zeros([D], tl.float32)
+    q_mean = tl.zeros([D], tl.float32)
+    q_m2 = tl.zeros([D], tl.float32)
+    k_mean = tl.zeros([D], tl.float32)
+    k_m2 = tl.zeros([D], tl.float32)
+    k_max = tl.full([D], float("-inf"), tl.float32)
+    k_min = tl.full([D], float("inf"), tl.float32)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        t = first + i
+        rows = t * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)[:, None] & (cols[None, :] < D)
+        if MASKED_MOMENTS:
+            ok2 = key_ok
+        else:
+            ok2 = row_ok[:, None] & (cols[None, :] < D)
+        q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
+        k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
+        n_t = tl.sum(ok2.to(tl.float32), axis=0)
+        mean_t, m2_t = _tile_moments(q, ok2, n_t)
+        _, q_mean, q_m2 = _chan_merge(n, q_mean, q_m2, n_t, mean_t, m2_t)
+        mean_t, m2_t = _tile_moments(k, ok2, n_t)
+        n, k_mean, k_m2 = _chan_merge(n, k_mean, k_m2, n_t, mean_t, m2_t)
+        k_max = tl.maximum(k_max, tl.max(tl.where(key_ok, k, float("-inf")), axis=0))
+        k_min = tl.minimum(k_min, tl.min(tl.where(key_ok, k, float("inf")), axis=0))
+    chunk = pid_bh * num_chunks + pid_c
+    out = MOMENTS + chunk * 5 * D + cols
+    tl.store(out, n)
+    tl.store(out + D, q_mean)
+    tl.store(out + 2 * D, q_m2)
+    tl.store(out + 3 * D, k_mean)
+    tl.store(out + 4 * D, k_m2)
+    tl.store(KMAX + chunk * D + cols, k_max)
+    tl.store(KMIN + chunk * D + cols, k_min)
+
+
+@triton.jit
+def lln_scales_kernel(
+    MOMENTS, KMAX, KMIN, ALPHA, BETA, SHIFT,
+    num_chunks, softmax_factor, const_a, const_b, min_std,
+    D: tl.constexpr,
+):  # fmt: skip
+    """Per-sequence alpha, beta and shift of one (batch, head) from the statistics kernel's partials.
+
+    Merges the (count, mean, M2) partials (Chan et al.) into unbiased stds floored at ``min_std``, then
+    applies ``hf_lln.ops.moments.lln_feature_scales`` (``softmax_factor = head_dim * scale**2``; the
+    tests hold the two to the same numbers): ``s~ = sqrt(max(0, (s_q^2 s_k^2 factor - b) / 2a))``,
+    ``alpha = s~ / s_q``, ``beta = s~ / s_k``; ``M_c = max(beta k_max_c, beta k_min_c)``, 0 when the
+    sequence has no real key.
+    """
+    pid = tl.program_id(0)
+    cols = tl.arange(0, D)
+    count = tl.zeros([D], tl.float32)
+    q_sum = tl.zeros([D], tl.float32)
+    k_sum = tl.zeros([D], tl.float32)
+    k_max = tl.full([D], float("-inf"), tl.float32)
+    k_min = tl.full([D], float("inf"), tl.float32)
+    for c in range(num_chunks):
+        base = MOMENTS + (pid * num_chunks + c) * 5 * D + cols
+        n = tl.load(base)
+        count += n
+        q_sum += n * tl.load(base + D)
+        k_sum += n * tl.load(base + 3 * D)
+        k_max = tl.maximum(k_max, tl.load(KMAX + (pid * num_chunks + c) * D + cols))
+        k_min = tl.minimum(k_min, tl.load(KMIN + (pid * num_chunks + c) * D + cols))
+    total = tl.sum(count, axis=0)
+    q_mean = tl.sum(q_sum, axis=0) / tl.maximum(total, 1.0)
+    k_mean = tl.sum(k_sum, axis=0) / tl.maximum(total, 1.0)
+    q_m2 = tl.zeros([D], tl.float32)
+    k_m2 = tl.zeros([D], tl.float32)
+    for c in range(num_chunks):
+        base = MOMENTS + (pid * num_chunks + c) * 5 * D + cols
+        n = tl.load(base)
+        dq = tl.load(base + D) - q_mean
+        dk = tl.load(base + 3 * D) - k_mean
+        q_m2 += tl.load(base + 2 * D) + n * dq * dq
+        k_m2 += tl.load(base + 4 * D) + n * dk * dk
+    denom = tl.maximum(total - 1.0, 1.0)
+    q_std = tl.maximum(tl.sqrt(tl.sum(q_m2, axis=0) / denom), min_std)
+    k_std = tl.maximum(tl.sqrt(tl.sum(k_m2, axis=0) / denom), min_std)
+    softmax_variance = q_std * q_std * k_std * k_std * softmax_factor
+    matched = tl.sqrt(tl.maximum((softmax_variance - const_b) / (2.0 * const_a), 0.0))
+    alpha = matched / q_std
+    beta = matched / k_std
+    shift = tl.maximum(beta * k_max, beta * k_min)
+    shift = tl.where(tl.abs(shift) < float("inf"), shift, 0.0)
+    tl.store(ALPHA + pid, alpha)
+    tl.store(BETA + pid, beta)
+    tl.store(SHIFT + pid * D + cols, shift)
+
+
+@triton.jit
+def lln_state_kernel(
+    K, V, MASK, BETA, SHIFT, STATE, NORM,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb,
+    heads, seq, tiles_per_program,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``S += sum_j phi_k_j v_j^T`` and ``z += sum_j phi_k_j`` over this program's tiles (atomic adds)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    beta = tl.load(BETA + pid_bh)
+    shift = tl.load(SHIFT + pid_bh * D + cols)
+    state = tl.zeros([D, DV], tl.float32)
+    norm = tl.zeros([D], tl.float32)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        t = first + i
+        rows = t * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+        k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
+        v = _load_rows(v_base, rows, row_ok, vcols, stride_vs).to(tl.float32)
+        phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
+        state += _dot(tl.trans(phi), v, HALF)
+        norm += tl.sum(phi, axis=0)
+    tl.atomic_add(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
+    tl.atomic_add(NORM + pid_bh * D + cols, norm)
+
+
+@triton.jit
+def _lln_rows(q, alpha, shift, state, norm, eps, HALF: tl.constexpr):
+    """LLN for a tile of query rows: (phi_q, normaliser, clamped normaliser, output)."""
+    a = alpha * q + shift[None, :]
+    phi = tl.exp(a - tl.max(a, axis=1)[:, None])
+    den = tl.sum(phi * norm[None, :], axis=1)
+    den_c = tl.maximum(den, eps)
+    return phi, den, den_c, _dot(phi, state, HALF) / den_c[:, None]
+
+
+@triton.jit
+def _block_softmax(q, k, key_ok, scale_log2e, HALF: tl.constexpr):
+    """Softmax probabilities of a diagonal block; a row with no real key is all zeros."""
+    s = _dot_in(q, tl.trans(k), q, HALF) * scale_log2e
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    row_max = tl.max(s, axis=1)
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    p = tl.exp2(s - row_max[:, None])
+    total = tl.sum(p, axis=1)
+    return p / tl.where(total > 0.0, total, 1.0)[:, None]
+
+
+@triton.jit
+def lln_output_kernel(
+    Q, K, V, MASK, OUT, ALPHA, SHIFT, STATE, NORM, W_LLN, W_DIAG,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_mb,
+    heads, seq, tile, tiles_per_program, scale_log2e, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``out = w_lln * LLN(q) + w_diag * block softmax`` (just LLN without ``HAS_DIAG``).
+
+    A tile holds ``tile <= BLOCK`` rows: with ``HAS_DIAG`` one diagonal block, so its keys are its rows.
+    """
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    o_base = OUT + b * stride_ob + h * stride_oh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    alpha = tl.load(ALPHA + pid_bh)
+    shift = tl.load(SHIFT + pid_bh * D + cols)
+    state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    norm = tl.load(NORM + pid_bh * D + cols)
+    if HAS_DIAG:
+        w_lln = tl.load(W_LLN + h * DV + vcols)
+        w_diag = tl.load(W_DIAG + h * DV + vcols)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        t = first + i
+        local = tl.arange(0, BLOCK)
+        rows = t * tile + local
+        row_ok = (local < tile) & (rows < seq)
+        q_in = _load_rows(q_base, rows, row_ok, cols, stride_qs)
+        _, _, _, out = _lln_rows(q_in.to(tl.float32), alpha, shift, state, norm, eps, HALF)
+        if HAS_DIAG:
+            k_in = _load_rows(k_base, rows, row_ok, cols, stride_ks)
+            v_in = _load_rows(v_base, rows, row_ok, vcols, stride_vs)
+            key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+            p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
+            out = w_lln[None, :] * out + w_diag[None, :] * _dot_in(p, v_in, v_in, HALF)
+        o_ptr = o_base + rows[:, None] * stride_os + vcols[None, :]
+        tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def lln_backward_query_kernel(
+    Q, K, V, MASK, GRAD, DQ, DK, DVAL, ALPHA, SHIFT, STATE, NORM, W_LLN, W_DIAG,
+    D_STATE, D_NORM, D_W_LLN, D_W_DIAG,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs, stride_gb, stride_gh, stride_gs,
+    stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
+    stride_dvb, stride_dvh, stride_dvs, stride_mb,
+    heads, seq, tile, tiles_per_program, scale, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """Query side of the backward: ``dq``; ``dS, dz`` (atomic); with ``HAS_DIAG`` also the block
+    softmax's ``dk, dv`` (stored; the key kernel adds the LLN part) and the mix weights' gradients."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    g_base = GRAD + b * stride_gb + h * stride_gh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    alpha = tl.load(ALPHA + pid_bh)
+    shift = tl.load(SHIFT + pid_bh * D + cols)
+    state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    norm = tl.load(NORM + pid_bh * D + cols)
+    d_state = tl.zeros([D, DV], tl.float32)
+    d_norm = tl.zeros([D], tl.float32)
+    if HAS_DIAG:
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        dk_base = DK + b * stride_dkb + h * stride_dkh
+        dv_base = DVAL + b * stride_dvb + h * stride_dvh
+        w_lln = tl.load(W_LLN + h * DV + vcols)
+        w_diag = tl.load(W_DIAG + h * DV + vcols)
+        d_w_lln = tl.zeros([DV], tl.float32)
+        d_w_diag = tl.zeros([DV], tl.float32)
+        scale_log2e = scale * 1.4426950408889634
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        t = first + i
+        local = tl.arange(0, BLOCK)
+        rows = t * tile + local
+        row_ok = (local < tile) & (rows < seq)
+        q_in = _load_rows(q_base, rows, row_ok, cols, stride_qs)
+        q = q_in.to(tl.float32)
+        g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
+        phi, den, den_c, lln = _lln_rows(q, alpha, shift, state, norm, eps, HALF)
+        g_lln = g
+        if HAS_DIAG:
+            d_w_lln += tl.sum(g * lln, axis=0)
+            g_lln = g * w_lln[None, :]
+        u = g_lln / den_c[:, None]
+        w = tl.where(den > eps, tl.sum(u * lln, axis=1), 0.0)
+        d_phi = _dot(u, tl.trans(state), HALF) - w[:, None] * norm[None, :]
+        dq = d_phi * phi * alpha
+        d_state += _dot(tl.trans(phi), u, HALF)
+        d_norm -= tl.sum(w[:, None] * phi, axis=0)
+        if HAS_DIAG:
+            k_in = _load_rows(k_base, rows, row_ok, cols, stride_ks)
+            v_in = _load_rows(v_base, rows, row_ok, vcols, stride_vs)
+            key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+            p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
+            diag = _dot_in(p, v_in, q_in, HALF)
+            d_w_diag += tl.sum(g * diag, axis=0)
+            g_diag = g * w_diag[None, :]
+            d_p = _dot_in(g_diag, tl.trans(v_in), q_in, HALF)
+            d_s = p * (d_p - tl.sum(g_diag * diag, axis=1)[:, None]) * scale
+            dq += _dot_in(d_s, k_in, q_in, HALF)
+            dk = _dot_in(tl.trans(d_s), q_in, q_in, HALF)
+            dv = _dot_in(tl.trans(p), g_diag, q_in, HALF)
+            tl.store(
+                dk_base + rows[:, None] * stride_dks + cols[None, :],
+                dk.to(DK.dtype.element_ty),
+                mask=row_ok[:, None],
+            )
+            tl.store(
+                dv_base + rows[:, None] * stride_dvs + vcols[None, :],
+                dv.to(DVAL.dtype.element_ty),
+                mask=row_ok[:, None],
+            )
+        tl.store(
+            dq_base + rows[:, None] * stride_dqs + cols[None, :],
+            dq.to(DQ.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+    tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state)
+    tl.atomic_add(D_NORM + pid_bh * D + cols, d_norm)
+    if HAS_DIAG:
+        tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
+        tl.atomic_add(D_W_DIAG + h * DV + vcols, d_w_diag)
+
+
+@triton.jit
+def lln_backward_key_kernel(
+    K, V, MASK, DK, DVAL, BETA, SHIFT, D_STATE, D_NORM,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs, stride_mb,
+    heads, seq,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """Key side of the backward: the LLN part of ``dk, dv`` from ``dS, dz``; ``ACCUMULATE`` adds
+    it to what ``DK, DVAL`` already hold (the block softmax's part)."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    rows = pid_t * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < seq
+    ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+    beta = tl.load(BETA + pid_bh)
+    shift = tl.load(SHIFT + pid_bh * D + cols)
+    d_state = tl.load(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    d_norm = tl.load(D_NORM + pid_bh * D + cols)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, cols, stride_ks).to(tl.float32)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, rows, row_ok, vcols, stride_vs).to(tl.float32)
+    phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
+    dk = (_dot(v, tl.trans(d_state), HALF) + d_norm[None, :]) * phi * beta
+    dv = _dot(phi, d_state, HALF)
+    dk_ptr = DK + b * stride_dkb + h * stride_dkh + rows[:, None] * stride_dks + cols[None, :]
+    dv_ptr = DVAL + b * stride_dvb + h * stride_dvh + rows[:, None] * stride_dvs + vcols[None, :]
+    if ACCUMULATE:
+        dk += tl.load(dk_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(dv_ptr, dv.to(DVAL.dtype.element_ty), mask=row_ok[:, None])

@@ -1,0 +1,234 @@
+"""Fused LLN / LLN+Diag kernels against SDPA (flash) and the PyTorch paths, with the memory floor.
+
+Checks the kernels first (poisoned outputs, forward and gradients against the PyTorch path in
+float64), then times forward and forward+backward at a fixed number of tokens per call
+(``batch = tokens // seq``), with ``hf_lln.benchmark``'s timing and floor conventions, and compares
+launch settings of the fused kernels at the shortest and longest sequence. On the GPU::
+
+    python scripts/bench_kernels.py --out runs/bench_kernels.csv
+
+A tiny CPU run (PyTorch paths only; the fused rows need CUDA)::
+
+    python scripts/bench_kernels.py --device cpu --seq-lens 64,128 --tokens 256 --settings default
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hf_lln import ops
+from hf_lln.benchmark import BenchConfig, _op_floor_bytes, copy_bandwidth, peak_memory_bytes, time_call
+from hf_lln.ops import triton as fused
+from hf_lln.ops.dispatch import use_kernels
+
+HEADS, HEAD_DIM = 12, 64
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SETTINGS = {
+    "default": {},
+    "programs_per_sm=4": {"programs_per_sm": 4},
+    "programs_per_sm=16": {"programs_per_sm": 16},
+    "output_tiles=4": {"output_tiles_per_program": 4},
+    "warps=8": {"num_warps": 8},
+    "backward_warps=4": {"num_warps_backward": 4},
+}
+
+
+def implementations(device: torch.device) -> dict[str, object]:
+    """Name -> ``fn(q, k, v)``; the fused ones force the kernels, the torch ones the PyTorch paths."""
+
+    def forced(mode, fn):
+        def call(q, k, v):
+            with use_kernels(mode):
+                return fn(q, k, v)
+
+        return call
+
+    def sdpa_flash(q, k, v):
+        backend = torch.nn.attention.SDPBackend.FLASH_ATTENTION
+        with torch.nn.attention.sdpa_kernel(backend) if device.type == "cuda" else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v)
+
+    impls = {
+        "sdpa_flash": sdpa_flash,
+        "torch_lln": forced("torch", ops.lln_attention),
+        "torch_lln_diag": forced("torch", ops.lln_diag_attention),
+    }
+    if device.type == "cuda" and fused.is_available():
+        impls["fused_lln"] = forced("triton", ops.lln_attention)
+        impls["fused_lln_diag"] = forced("triton", ops.lln_diag_attention)
+    return impls
+
+
+def check_kernels(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Relative errors of the fused kernels (out, dq, dk, dv) on random padded inputs, outputs poisoned."""
+    lines = []
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(3, HEADS, 1000, HEAD_DIM, generator=gen, device=device) for _ in range(3))
+    mask = torch.arange(1000, device=device)[None, :] < torch.tensor([[1000], [999], [321]], device=device)
+    grad = torch.randn(3, HEADS, 1000, HEAD_DIM, generator=gen, device=device, dtype=torch.float64)
+    for name, fn in (("lln", ops.lln_attention), ("lln_diag", ops.lln_diag_attention)):
+        results = {}
+        for mode, cast in (("torch", torch.float64), ("triton", dtype)):
+            leaves = [t.to(cast).requires_grad_() for t in (q, k, v)]
+            if mode == "triton":
+                torch.full((1 << 28,), float("nan"), device=device)
+            with use_kernels(mode):
+                out = fn(*leaves, mask)
+            out.backward(grad.to(out.dtype))
+            results[mode] = [out, *(t.grad for t in leaves)]
+        errors = [
+            ((got.double() - want).norm() / want.norm()).item()
+            for got, want in zip(results["triton"], results["torch"], strict=True)
+        ]
+        lines.append(f"check {name:9s} " + " ".join(f"{e:.1e}" for e in errors))
+    return lines
+
+
+def measure(fn, shape, dtype, device, config, backward: bool) -> tuple[float, int]:
+    """(median ms, peak extra bytes) of one call on fresh random inputs (never zeros)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(*shape, generator=gen, device=device).to(dtype) for _ in range(3))
+    if backward:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        grad = torch.randn(*shape, generator=gen, device=device).to(dtype)
+
+        def call():
+            fn(q, k, v).backward(grad)
+            q.grad = k.grad = v.grad = None
+
+    else:
+
+        def call():
+            with torch.no_grad():
+                fn(q, k, v)
+
+    times = time_call(call, device, config)
+    host = []
+    for _ in range(10):
+        tic = time.perf_counter()
+        call()
+        host.append((time.perf_counter() - tic) * 1e3)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(times), statistics.median(host), peak_memory_bytes(call, device, (q, k, v))
+
+
+def profile_kernels(fn, shape, dtype, device) -> list[str]:
+    """Device time per kernel of one forward+backward call (torch.profiler), largest first."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(*shape, generator=gen, device=device).to(dtype).requires_grad_() for _ in range(3))
+    grad = torch.randn(*shape, generator=gen, device=device).to(dtype)
+    for _ in range(3):
+        fn(q, k, v).backward(grad)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(5):
+            fn(q, k, v).backward(grad)
+        torch.cuda.synchronize()
+    events = [
+        e for e in prof.key_averages() if e.device_time_total > 0 and not e.key.startswith(("aten", "cuda"))
+    ]
+    events.sort(key=lambda e: -e.device_time_total)
+    return [f"  {e.key[:60]:60s} {e.device_time_total / 5e3:8.3f} ms/call" for e in events[:10]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
+    parser.add_argument("--seq-lens", default="512,2048,8192,32768")
+    parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"launch settings from {tuple(SETTINGS)}"
+    )
+    parser.add_argument("--out", default=None, help="CSV file for the rows")
+    parser.add_argument("--profile", action="store_true", help="per-kernel device times of the fused ops")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    seq_lens = [int(s) for s in args.seq_lens.split(",")]
+    settings = args.settings.split(",")
+    config = BenchConfig(out=None, device=args.device, warmup=3, min_repeats=10, max_repeats=100)
+    bandwidth = copy_bandwidth(device, config)
+    impls = implementations(device)
+    if "fused_lln" in impls:
+        for line in check_kernels(device, dtype):
+            print(line, flush=True)
+    rows = []
+    for seq in seq_lens:
+        shape = (max(1, args.tokens // seq), HEADS, seq, HEAD_DIM)
+        for name, fn in impls.items():
+            names = (
+                settings if name.startswith("fused") and seq in (seq_lens[0], seq_lens[-1]) else ["default"]
+            )
+            for setting in names:
+                row = {"seq": seq, "impl": name, "setting": setting}
+                for backward in (False, True):
+                    floor = _op_floor_bytes(shape[0], seq, dtype, backward) / bandwidth * 1e3
+                    with fused_launch_config(setting):
+                        ms, host_ms, peak = measure(fn, shape, dtype, device, config, backward)
+                    key = "fwd_bwd" if backward else "fwd"
+                    row |= {f"{key}_ms": ms, f"{key}_host_ms": host_ms, f"{key}_floor_ms": floor}
+                    row[f"{key}_peak_mib"] = peak / 2**20
+                rows.append(row)
+                print(format_row(row), flush=True)
+    if args.profile and "fused_lln" in impls:
+        for seq in (seq_lens[0], seq_lens[-1]):
+            for name in ("fused_lln", "fused_lln_diag"):
+                print(f"profile {name} seq {seq} (forward+backward):")
+                shape = (max(1, args.tokens // seq), HEADS, seq, HEAD_DIM)
+                print("\n".join(profile_kernels(impls[name], shape, dtype, device)))
+    print(f"\ndevice {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {args.dtype}, "
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens}, heads {HEADS}, head_dim {HEAD_DIM}")  # fmt: skip
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    if args.out:
+        with open(args.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+HEADER = (
+    "| seq | impl | setting | fwd ms | fwd host ms | fwd floor | fwd/floor | fwd+bwd ms | f+b host ms | f+b floor "
+    "| f+b peak MiB |\n" + "|---" * 11 + "|"
+)
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"| {row['seq']} | {row['impl']} | {row['setting']} | {row['fwd_ms']:.3f} | {row['fwd_host_ms']:.3f} | "
+        f"{row['fwd_floor_ms']:.3f} | {row['fwd_ms'] / row['fwd_floor_ms']:.2f} | {row['fwd_bwd_ms']:.3f} | "
+        f"{row['fwd_bwd_host_ms']:.3f} | {row['fwd_bwd_floor_ms']:.3f} | {row['fwd_bwd_peak_mib']:.0f} |"
+    )
+
+
+@contextlib.contextmanager
+def fused_launch_config(setting: str):
+    """Apply one of ``SETTINGS`` to the fused kernels' launch configuration inside the block."""
+    if setting == "default":
+        yield
+        return
+    from hf_lln.ops.triton import functions
+
+    saved = functions.launch_config
+    functions.launch_config = dataclasses.replace(saved, **SETTINGS[setting])
+    try:
+        yield
+    finally:
+        functions.launch_config = saved
+
+
+if __name__ == "__main__":
+    main()
