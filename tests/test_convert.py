@@ -12,15 +12,7 @@ from transformers import BertConfig, BertTokenizer, RobertaConfig
 import hf_lln
 from hf_lln.cli import main
 from hf_lln.convert import convert_checkpoint
-
-TINY = dict(
-    vocab_size=40,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=40,
-)
+from tests._tiny import TINY
 
 
 def save_stock(path, config, auto_name="AutoModelForMaskedLM", model_class=None):

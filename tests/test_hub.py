@@ -16,15 +16,8 @@ from transformers import BertConfig
 
 from hf_lln.hub import remote_code_sources, write_model_card
 from hf_lln.models import AUTO_MODEL_CLASSES, LLNBertConfig, LLNRobertaConfig, LLNRobertaModel, modeling_lln
+from tests._tiny import TINY
 
-TINY = dict(
-    vocab_size=40,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=40,
-)
 SST2 = EvalResult(
     task_type="text-classification",
     dataset_type="nyu-mll/glue",

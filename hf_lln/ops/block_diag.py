@@ -10,12 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hf_lln.ops._checks import check_positive_int, check_qkv, check_scale
-
-
-def check_dropout(dropout_p) -> None:
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+from hf_lln.ops._checks import check_dropout, check_positive_int, check_qkv, check_scale
 
 
 def block_diag_attention(

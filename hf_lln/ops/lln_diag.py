@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from hf_lln.ops._checks import check_choice, check_positive_int, check_tensor, compute_dtype
-from hf_lln.ops.block_diag import block_diag_attention, check_dropout
+from hf_lln.ops._checks import check_choice, check_dropout, check_positive_int, check_tensor, compute_dtype
+from hf_lln.ops.block_diag import block_diag_attention
 from hf_lln.ops.dispatch import fused_kernels
 from hf_lln.ops.lln import check_lln_args, lln_attention
 

@@ -18,17 +18,8 @@ import hf_lln
 from hf_lln.integration import ATTENTION_FUNCTIONS
 from hf_lln.ops import reference
 from hf_lln.ops.baselines import performer_projection
+from tests._tiny import TINY
 
-TINY = dict(
-    vocab_size=40,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=40,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
 FAMILIES = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel)}
 SETTINGS = {"lln_block_size": 4, "lln_performer_features": 48, "lln_performer_seed": 3}
 

@@ -20,17 +20,8 @@ from hf_lln.models import (
     LLNBertModel,
     LLNRobertaConfig,
 )
+from tests._tiny import TINY
 
-TINY = dict(
-    vocab_size=40,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=40,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
 STOCK_CONFIGS = {"lln_bert": BertConfig, "lln_roberta": RobertaConfig}
 HEADS = [
     (model_type, auto_name)
