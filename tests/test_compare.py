@@ -154,3 +154,26 @@ def test_converted_track_needs_a_checkpoint(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(compare, "default_softmax_checkpoint", lambda: None)
     with pytest.raises(ValueError, match="--softmax_checkpoint"):
         main(tiny_flags(tmp_path / "out", corpus, "--tracks", "converted"))
+
+
+def test_gpu_minutes_pretrains_in_bf16_and_fine_tunes_in_float32(tmp_path, corpus):
+    flags = tiny_flags(tmp_path, corpus, "--attentions", "lln", "--softmax_checkpoint", "some/bert")
+    flags[flags.index("tiny")] = "gpu-minutes"
+    args = compare.build_parser().parse_args(flags)
+    compare.check_arguments(args)
+    runs = {run.name: run.command for run in compare.plan_comparison(args).runs}
+
+    def precision(command):
+        return command[command.index("--mixed_precision") + 1]
+
+    assert precision(runs["scratch-lln-mlm"]) == "bf16"
+    assert precision(runs["converted-lln-mlm"]) == "no"
+    assert precision(runs["scratch-lln-glue-seed_0"]) == "no"
+
+
+@pytest.mark.parametrize(
+    "tasks, averaged",
+    [(["cola", "sst2", "mrpc", "wnli"], ("cola", "sst2", "mrpc")), (["wnli"], ("wnli",)), (["sst2"], ("sst2",))],
+)
+def test_the_glue_average_leaves_wnli_out_when_other_tasks_are_there(tasks, averaged):
+    assert compare.averaged_tasks(tasks) == averaged
