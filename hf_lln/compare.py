@@ -556,7 +556,11 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
                 else:
                     model_flags = ["--model_name_or_path", str(comparison.converted_dir(arm))]
                     command = mlm_command(
-                        mlm_dir, arm, model_flags, scale.adapt_steps, scale.adapt_learning_rate,
+                        mlm_dir,
+                        arm,
+                        model_flags,
+                        scale.adapt_steps,
+                        scale.adapt_learning_rate,
                         scale.mixed_precision,
                     )
                 comparison.runs.append(

@@ -173,7 +173,11 @@ def test_gpu_minutes_pretrains_in_bf16_and_fine_tunes_in_float32(tmp_path, corpu
 
 @pytest.mark.parametrize(
     "tasks, averaged",
-    [(["cola", "sst2", "mrpc", "wnli"], ("cola", "sst2", "mrpc")), (["wnli"], ("wnli",)), (["sst2"], ("sst2",))],
+    [
+        (["cola", "sst2", "mrpc", "wnli"], ("cola", "sst2", "mrpc")),
+        (["wnli"], ("wnli",)),
+        (["sst2"], ("sst2",)),
+    ],
 )
 def test_the_glue_average_leaves_wnli_out_when_other_tasks_are_there(tasks, averaged):
     assert compare.averaged_tasks(tasks) == averaged
