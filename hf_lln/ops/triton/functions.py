@@ -19,7 +19,9 @@ import triton
 from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
 from hf_lln.ops.triton import kernels
 
-ROW_BLOCK = 64
+# Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills (64-row
+# tiles needed 255 registers and spilled in the backward); docs/kernels.md has the counts.
+ROW_BLOCK = 32
 
 
 @dataclass
@@ -28,8 +30,11 @@ class LaunchConfig:
 
     programs_per_sm: int = 8
     output_tiles_per_program: int = 1
-    num_warps: int = 4
-    num_warps_backward: int = 8
+    num_warps: int = 4  # the state, LLN output and key passes over row tiles
+    num_warps_stats: int = 8  # the statistics pass (seven per-slot accumulators)
+    num_warps_backward: int = 4  # the LLN query pass of the backward
+    num_warps_diag: int = 4  # the forward output pass with the block softmax
+    num_warps_diag_backward: int = 4  # the block softmax's backward pass
 
 
 launch_config = LaunchConfig()
@@ -102,7 +107,7 @@ def feature_scales(
         *_bhs_strides(q), *_bhs_strides(k), stride_mb,
         heads, seq, per_program, chunks,
         D=head_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None,
-        MASKED_MOMENTS=stats == "per_sequence", num_warps=launch_config.num_warps,
+        MASKED_MOMENTS=stats == "per_sequence", num_warps=launch_config.num_warps_stats,
     )  # fmt: skip
     if stats == "per_sequence":
         a, b = moment_constants(head_dim)
@@ -179,7 +184,8 @@ class _FusedLLN(torch.autograd.Function):
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
             heads, seq, tile, per_program, scale * 1.4426950408889634, eps,
             D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
-            HALF=q.dtype != torch.float32, num_warps=launch_config.num_warps,
+            HALF=q.dtype != torch.float32,
+            num_warps=launch_config.num_warps_diag if has_diag else launch_config.num_warps,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag)
         ctx.config = (block_size, scale, eps)
@@ -198,20 +204,28 @@ class _FusedLLN(torch.autograd.Function):
         d_norm = torch.zeros_like(norm)
         d_w_lln = torch.zeros(heads, v_dim, dtype=torch.float32, device=q.device) if has_diag else None
         d_w_diag = torch.zeros_like(d_w_lln) if has_diag else None
-        tile, block = _row_tile(block_size)
-        per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
         mask_arg, stride_mb = _mask_args(mask, q)
         half = q.dtype != torch.float32
+        per_program, chunks = _split(batch * heads, triton.cdiv(seq, ROW_BLOCK), q.device)
         kernels.lln_backward_query_kernel[(chunks, batch * heads)](
-            q, k, v, mask_arg, grad, dq, dk, dv, alpha, shift, state, norm,
-            w_lln if has_diag else alpha, w_diag if has_diag else alpha,
-            d_state, d_norm, d_w_lln if has_diag else alpha, d_w_diag if has_diag else alpha,
-            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
-            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-            heads, seq, tile, per_program, scale, eps,
-            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag, HALF=half,
+            q, grad, dq, alpha, shift, state, norm, w_lln if has_diag else alpha,
+            d_state, d_norm, d_w_lln if has_diag else alpha,
+            *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
+            heads, seq, per_program, eps,
+            D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_DIAG=has_diag, HALF=half,
             num_warps=launch_config.num_warps_backward,
         )  # fmt: skip
+        if has_diag:
+            tile, block = _row_tile(block_size)
+            per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
+            kernels.lln_backward_block_kernel[(chunks, batch * heads)](
+                q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag,
+                *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
+                *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+                heads, seq, tile, per_program, scale,
+                D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
+                num_warps=launch_config.num_warps_diag_backward,
+            )  # fmt: skip
         kernels.lln_backward_key_kernel[(triton.cdiv(seq, ROW_BLOCK), batch * heads)](
             k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
             *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,

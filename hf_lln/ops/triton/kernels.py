@@ -51,19 +51,21 @@ def _key_ok(mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _chan_merge(n, mean, m2, n_t, mean_t, m2_t):
-    """Merge per-channel (count, mean, M2) of a tile into running ones (Chan et al.)."""
-    n_new = n + n_t
-    delta = mean_t - mean
-    inv = 1.0 / tl.maximum(n_new, 1.0)
-    return n_new, mean + delta * n_t * inv, m2 + m2_t + delta * delta * n * n_t * inv
+def _welford_step(n, mean, m2, x, ok):
+    """One element-wise Welford update of per-slot (count, mean, M2) with ``x`` where ``ok``."""
+    n = n + ok
+    delta = tl.where(ok > 0.0, x - mean, 0.0)
+    mean = mean + delta / tl.maximum(n, 1.0)
+    return n, mean, m2 + delta * (x - mean) * ok
 
 
 @triton.jit
-def _tile_moments(x, ok2, n_t):
-    mean_t = tl.sum(tl.where(ok2, x, 0.0), axis=0) / tl.maximum(n_t, 1.0)
-    centred = tl.where(ok2, x - mean_t[None, :], 0.0)
-    return mean_t, tl.sum(centred * centred, axis=0)
+def _merge_slots(n, mean, m2):
+    """Chan et al.'s merge of per-row-slot (count, mean, M2) of shape (BLOCK, D) into per-channel ones."""
+    total = tl.sum(n, axis=0)
+    grand = tl.sum(n * mean, axis=0) / tl.maximum(total, 1.0)
+    centred = mean - grand[None, :]
+    return total, grand, tl.sum(m2, axis=0) + tl.sum(n * centred * centred, axis=0)
 
 
 @triton.jit
@@ -76,8 +78,10 @@ def lln_stats_kernel(
     """Per-channel moments of q and k (over real tokens with ``MASKED_MOMENTS``, else over all) and
     per-channel extremes of k over real tokens, per chunk.
 
-    Writes ``MOMENTS: (bh, num_chunks, 5, D)`` = (count, q mean, q M2, k mean, k M2) and
-    ``KMAX, KMIN: (bh, num_chunks, D)``; the host merges them across chunks and channels.
+    Each of the tile's ``BLOCK`` row slots keeps its own Welford accumulators across the program's
+    tiles (element-wise work only); the slots are merged once at the end, so the loop has no
+    cross-warp reduction. Writes ``MOMENTS: (bh, num_chunks, 5, D)`` = (count, q mean, q M2, k mean,
+    k M2) and ``KMAX, KMIN: (bh, num_chunks, D)``; ``lln_scales_kernel`` or the host merges the chunks.
     """
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -86,41 +90,39 @@ def lln_stats_kernel(
     q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h * stride_kh
     cols = tl.arange(0, D)
-    n = tl.zeros([D], tl.float32)
-    q_mean = tl.zeros([D], tl.float32)
-    q_m2 = tl.zeros([D], tl.float32)
-    k_mean = tl.zeros([D], tl.float32)
-    k_m2 = tl.zeros([D], tl.float32)
-    k_max = tl.full([D], float("-inf"), tl.float32)
-    k_min = tl.full([D], float("inf"), tl.float32)
+    n = tl.zeros([BLOCK, D], tl.float32)
+    q_mean = tl.zeros([BLOCK, D], tl.float32)
+    q_m2 = tl.zeros([BLOCK, D], tl.float32)
+    k_mean = tl.zeros([BLOCK, D], tl.float32)
+    k_m2 = tl.zeros([BLOCK, D], tl.float32)
+    k_max = tl.full([BLOCK, D], float("-inf"), tl.float32)
+    k_min = tl.full([BLOCK, D], float("inf"), tl.float32)
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
-        t = first + i
-        rows = t * BLOCK + tl.arange(0, BLOCK)
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < seq
         key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)[:, None] & (cols[None, :] < D)
         if MASKED_MOMENTS:
-            ok2 = key_ok
+            ok = key_ok.to(tl.float32)
         else:
-            ok2 = row_ok[:, None] & (cols[None, :] < D)
+            ok = (row_ok[:, None] & (cols[None, :] < D)).to(tl.float32)
         q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
         k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
-        n_t = tl.sum(ok2.to(tl.float32), axis=0)
-        mean_t, m2_t = _tile_moments(q, ok2, n_t)
-        _, q_mean, q_m2 = _chan_merge(n, q_mean, q_m2, n_t, mean_t, m2_t)
-        mean_t, m2_t = _tile_moments(k, ok2, n_t)
-        n, k_mean, k_m2 = _chan_merge(n, k_mean, k_m2, n_t, mean_t, m2_t)
-        k_max = tl.maximum(k_max, tl.max(tl.where(key_ok, k, float("-inf")), axis=0))
-        k_min = tl.minimum(k_min, tl.min(tl.where(key_ok, k, float("inf")), axis=0))
+        _, q_mean, q_m2 = _welford_step(n, q_mean, q_m2, q, ok)
+        n, k_mean, k_m2 = _welford_step(n, k_mean, k_m2, k, ok)
+        k_max = tl.maximum(k_max, tl.where(key_ok, k, float("-inf")))
+        k_min = tl.minimum(k_min, tl.where(key_ok, k, float("inf")))
+    count, q_grand, q_total = _merge_slots(n, q_mean, q_m2)
+    _, k_grand, k_total = _merge_slots(n, k_mean, k_m2)
     chunk = pid_bh * num_chunks + pid_c
     out = MOMENTS + chunk * 5 * D + cols
-    tl.store(out, n)
-    tl.store(out + D, q_mean)
-    tl.store(out + 2 * D, q_m2)
-    tl.store(out + 3 * D, k_mean)
-    tl.store(out + 4 * D, k_m2)
-    tl.store(KMAX + chunk * D + cols, k_max)
-    tl.store(KMIN + chunk * D + cols, k_min)
+    tl.store(out, count)
+    tl.store(out + D, q_grand)
+    tl.store(out + 2 * D, q_total)
+    tl.store(out + 3 * D, k_grand)
+    tl.store(out + 4 * D, k_total)
+    tl.store(KMAX + chunk * D + cols, tl.max(k_max, axis=0))
+    tl.store(KMIN + chunk * D + cols, tl.min(k_min, axis=0))
 
 
 @triton.jit
@@ -197,7 +199,7 @@ def lln_state_kernel(
     beta = tl.load(BETA + pid_bh)
     shift = tl.load(SHIFT + pid_bh * D + cols)
     state = tl.zeros([D, DV], tl.float32)
-    norm = tl.zeros([D], tl.float32)
+    norm = tl.zeros([BLOCK, D], tl.float32)  # per row slot: summed over rows once, after the loop
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
         t = first + i
@@ -208,9 +210,9 @@ def lln_state_kernel(
         v = _load_rows(v_base, rows, row_ok, vcols, stride_vs).to(tl.float32)
         phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
         state += _dot(tl.trans(phi), v, HALF)
-        norm += tl.sum(phi, axis=0)
+        norm += phi
     tl.atomic_add(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
-    tl.atomic_add(NORM + pid_bh * D + cols, norm)
+    tl.atomic_add(NORM + pid_bh * D + cols, tl.sum(norm, axis=0))
 
 
 @triton.jit
@@ -285,18 +287,14 @@ def lln_output_kernel(
 
 @triton.jit
 def lln_backward_query_kernel(
-    Q, K, V, MASK, GRAD, DQ, DK, DVAL, ALPHA, SHIFT, STATE, NORM, W_LLN, W_DIAG,
-    D_STATE, D_NORM, D_W_LLN, D_W_DIAG,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, stride_gb, stride_gh, stride_gs,
-    stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
-    stride_dvb, stride_dvh, stride_dvs, stride_mb,
-    heads, seq, tile, tiles_per_program, scale, eps,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
+    Q, GRAD, DQ, ALPHA, SHIFT, STATE, NORM, W_LLN, D_STATE, D_NORM, D_W_LLN,
+    stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
+    heads, seq, tiles_per_program, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
 ):  # fmt: skip
-    """Query side of the backward: ``dq``; ``dS, dz`` (atomic); with ``HAS_DIAG`` also the block
-    softmax's ``dk, dv`` (stored; the key kernel adds the LLN part) and the mix weights' gradients."""
+    """Query side of the LLN backward: ``dq`` (stored), ``dS, dz`` (atomic). With ``HAS_DIAG`` the
+    incoming gradient is scaled by ``w_lln`` first and ``d w_lln`` is accumulated (atomic); the block
+    softmax's part is ``lln_backward_block_kernel``'s."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
@@ -311,70 +309,99 @@ def lln_backward_query_kernel(
     state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
     norm = tl.load(NORM + pid_bh * D + cols)
     d_state = tl.zeros([D, DV], tl.float32)
-    d_norm = tl.zeros([D], tl.float32)
+    d_norm = tl.zeros([BLOCK, D], tl.float32)  # per row slot, summed after the loop
     if HAS_DIAG:
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
-        dk_base = DK + b * stride_dkb + h * stride_dkh
-        dv_base = DVAL + b * stride_dvb + h * stride_dvh
         w_lln = tl.load(W_LLN + h * DV + vcols)
-        w_diag = tl.load(W_DIAG + h * DV + vcols)
-        d_w_lln = tl.zeros([DV], tl.float32)
-        d_w_diag = tl.zeros([DV], tl.float32)
-        scale_log2e = scale * 1.4426950408889634
+        d_w_lln = tl.zeros([BLOCK, DV], tl.float32)
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
-        t = first + i
-        local = tl.arange(0, BLOCK)
-        rows = t * tile + local
-        row_ok = (local < tile) & (rows < seq)
-        q_in = _load_rows(q_base, rows, row_ok, cols, stride_qs)
-        q = q_in.to(tl.float32)
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
         g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
         phi, den, den_c, lln = _lln_rows(q, alpha, shift, state, norm, eps, HALF)
-        g_lln = g
         if HAS_DIAG:
-            d_w_lln += tl.sum(g * lln, axis=0)
-            g_lln = g * w_lln[None, :]
-        u = g_lln / den_c[:, None]
+            d_w_lln += g * lln
+            g = g * w_lln[None, :]
+        u = g / den_c[:, None]
         w = tl.where(den > eps, tl.sum(u * lln, axis=1), 0.0)
         d_phi = _dot(u, tl.trans(state), HALF) - w[:, None] * norm[None, :]
-        dq = d_phi * phi * alpha
         d_state += _dot(tl.trans(phi), u, HALF)
-        d_norm -= tl.sum(w[:, None] * phi, axis=0)
-        if HAS_DIAG:
-            k_in = _load_rows(k_base, rows, row_ok, cols, stride_ks)
-            v_in = _load_rows(v_base, rows, row_ok, vcols, stride_vs)
-            key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
-            p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
-            diag = _dot_in(p, v_in, q_in, HALF)
-            d_w_diag += tl.sum(g * diag, axis=0)
-            g_diag = g * w_diag[None, :]
-            d_p = _dot_in(g_diag, tl.trans(v_in), q_in, HALF)
-            d_s = p * (d_p - tl.sum(g_diag * diag, axis=1)[:, None]) * scale
-            dq += _dot_in(d_s, k_in, q_in, HALF)
-            dk = _dot_in(tl.trans(d_s), q_in, q_in, HALF)
-            dv = _dot_in(tl.trans(p), g_diag, q_in, HALF)
-            tl.store(
-                dk_base + rows[:, None] * stride_dks + cols[None, :],
-                dk.to(DK.dtype.element_ty),
-                mask=row_ok[:, None],
-            )
-            tl.store(
-                dv_base + rows[:, None] * stride_dvs + vcols[None, :],
-                dv.to(DVAL.dtype.element_ty),
-                mask=row_ok[:, None],
-            )
+        d_norm -= w[:, None] * phi
         tl.store(
             dq_base + rows[:, None] * stride_dqs + cols[None, :],
-            dq.to(DQ.dtype.element_ty),
+            (d_phi * phi * alpha).to(DQ.dtype.element_ty),
             mask=row_ok[:, None],
         )
     tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state)
-    tl.atomic_add(D_NORM + pid_bh * D + cols, d_norm)
+    tl.atomic_add(D_NORM + pid_bh * D + cols, tl.sum(d_norm, axis=0))
     if HAS_DIAG:
-        tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
-        tl.atomic_add(D_W_DIAG + h * DV + vcols, d_w_diag)
+        tl.atomic_add(D_W_LLN + h * DV + vcols, tl.sum(d_w_lln, axis=0))
+
+
+@triton.jit
+def lln_backward_block_kernel(
+    Q, K, V, MASK, GRAD, DQ, DK, DVAL, W_DIAG, D_W_DIAG,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs, stride_gb, stride_gh, stride_gs,
+    stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
+    stride_dvb, stride_dvh, stride_dvs, stride_mb,
+    heads, seq, tile, tiles_per_program, scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """Block-diagonal softmax part of the backward, one diagonal block (``tile <= BLOCK`` rows) per
+    tile: adds its ``dq`` to ``DQ`` (which holds the LLN part), stores its ``dk, dv`` (the key kernel
+    adds the LLN part) and accumulates ``d w_diag`` (atomic). A separate pass keeps the LLN query
+    pass and this one each within the register file."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    g_base = GRAD + b * stride_gb + h * stride_gh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    dk_base = DK + b * stride_dkb + h * stride_dkh
+    dv_base = DVAL + b * stride_dvb + h * stride_dvh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    w_diag = tl.load(W_DIAG + h * DV + vcols)
+    d_w_diag = tl.zeros([DV], tl.float32)
+    scale_log2e = scale * 1.4426950408889634
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        local = tl.arange(0, BLOCK)
+        rows = (first + i) * tile + local
+        row_ok = (local < tile) & (rows < seq)
+        q_in = _load_rows(q_base, rows, row_ok, cols, stride_qs)
+        k_in = _load_rows(k_base, rows, row_ok, cols, stride_ks)
+        v_in = _load_rows(v_base, rows, row_ok, vcols, stride_vs)
+        g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
+        key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+        p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
+        # ordered so that each 64x64 temporary dies early (register pressure)
+        diag = _dot_in(p, v_in, q_in, HALF)
+        d_w_diag += tl.sum(g * diag, axis=0)
+        g = g * w_diag[None, :]
+        row_dot = tl.sum(g * diag, axis=1)
+        dv = _dot_in(tl.trans(p), g, q_in, HALF)
+        tl.store(
+            dv_base + rows[:, None] * stride_dvs + vcols[None, :],
+            dv.to(DVAL.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+        d_s = p * (_dot_in(g, tl.trans(v_in), q_in, HALF) - row_dot[:, None]) * scale
+        dk = _dot_in(tl.trans(d_s), q_in, q_in, HALF)
+        tl.store(
+            dk_base + rows[:, None] * stride_dks + cols[None, :],
+            dk.to(DK.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+        dq_ptr = dq_base + rows[:, None] * stride_dqs + cols[None, :]
+        dq = tl.load(dq_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32) + _dot_in(d_s, k_in, q_in, HALF)
+        tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    tl.atomic_add(D_W_DIAG + h * DV + vcols, d_w_diag)
 
 
 @triton.jit

@@ -1,0 +1,100 @@
+"""Registers, spills and shared memory of the fused kernels on sm_90 (H100), without a GPU.
+
+Compiles each kernel with Triton for the Hopper target on the CPU and runs the ptxas that ships with
+Triton in verbose mode on the PTX; a kernel that spills or needs 255 registers at its warp count
+leaves an SM with few programs, which limits the bandwidth of these memory-bound passes::
+
+    python scripts/kernel_resources.py                  # bf16, head_dim 64, block 64
+    python scripts/kernel_resources.py --dtype fp32 --head-dim 32 --block 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from hf_lln.ops.triton import functions, kernels
+
+FLOAT32_POINTERS = {"ALPHA", "BETA", "SHIFT", "STATE", "NORM", "W_LLN", "W_DIAG", "D_STATE", "D_NORM"}
+FLOAT32_POINTERS |= {"D_W_LLN", "D_W_DIAG", "MOMENTS", "KMAX", "KMIN"}
+FLOAT_SCALARS = {"scale", "eps", "scale_log2e", "softmax_factor", "const_a", "const_b", "min_std"}
+
+
+def kernel_specs(dtype: str, head_dim: int, block: int) -> list[tuple[str, dict, int]]:
+    """(kernel, constexprs, warps) as ``functions`` launches them for a masked LLN+Diag call."""
+    config, half, row = functions.launch_config, dtype != "fp32", functions.ROW_BLOCK
+    dims = {"D": head_dim, "DV": head_dim}
+    return [
+        ("lln_stats_kernel", {"D": head_dim, "BLOCK": row, "HAS_MASK": True, "MASKED_MOMENTS": True}, config.num_warps_stats),
+        ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half}, config.num_warps),
+        ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "HALF": half}, config.num_warps),
+        ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "HALF": half}, config.num_warps_diag),
+        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half}, config.num_warps_backward),
+        ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HALF": half}, config.num_warps_diag_backward),
+        ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, config.num_warps),
+    ]  # fmt: skip
+
+
+def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
+    types = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name.isupper():
+            types[name] = "*u8" if name == "MASK" else "*fp32" if name in FLOAT32_POINTERS else f"*{dtype}"
+        else:
+            types[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    return types
+
+
+def resources(name: str, dtype: str, constexprs: dict, warps: int) -> dict[str, int]:
+    """Registers per thread, spilled bytes (stores) and shared memory of one compiled kernel."""
+    fn = getattr(kernels, name)
+    types = signature(fn, dtype, constexprs)
+    positions = {(list(types).index(key),): value for key, value in constexprs.items()}
+    compiled = triton.compile(
+        ASTSource(fn, types, constexprs=positions),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": warps},
+    )
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+        ptx.write(compiled.asm["ptx"])
+        ptx.flush()
+        report = subprocess.run(
+            [ptxas, "-v", "--gpu-name=sm_90a", ptx.name, "-o", os.devnull], capture_output=True, text=True
+        ).stderr
+    return {
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", report).group(1)),
+        "shared_kib": compiled.metadata.shared // 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--block", type=int, default=64, help="diagonal block (a power of two)")
+    args = parser.parse_args()
+    print("| kernel | tile rows | warps | registers | spill bytes | shared KiB |\n|---|---|---|---|---|---|")
+    for name, constexprs, warps in kernel_specs(args.dtype, args.head_dim, args.block):
+        found = resources(name, args.dtype, constexprs, warps)
+        print(
+            f"| {name} | {constexprs['BLOCK']} | {warps} | {found['registers']} | "
+            f"{found['spill_bytes']} | {found['shared_kib']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
