@@ -32,13 +32,21 @@ class TrainingProgress:
 
     ``completed_steps``: optimizer steps done; ``epoch``: the epoch being read; ``batches_in_epoch``:
     batches of that epoch already consumed (per process); ``micro_batches``: batches consumed since
-    the start of the run, which seeds the RNG of each step.
+    the start of the run, which seeds the RNG of each step. The rest is what the run's summary is made
+    of, so that a resumed run reports the whole run: ``log_history`` (the logged and evaluated entries
+    so far), ``loss_sum`` / ``loss_batches`` (the training loss summed over the batches so far),
+    ``tokens`` and ``train_seconds`` (the main process's, as the checkpoint's writer).
     """
 
     completed_steps: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     micro_batches: int = 0
+    log_history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_batches: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -149,7 +149,7 @@ def train(
     )
     eval_metrics: dict[str, float] = {}
     evaluated_at = -1
-    log_history: list[dict[str, float]] = []
+    log_history = progress.log_history
 
     def run_evaluation() -> None:
         nonlocal eval_metrics, evaluated_at
@@ -167,10 +167,8 @@ def train(
     device = accelerator.device
     window_loss = torch.zeros((), device=device)
     window_batches = 0
-    run_loss = torch.zeros((), device=device)
-    run_batches = 0
-    tokens = 0
-    train_seconds = 0.0
+    run_loss = torch.tensor(progress.loss_sum, device=device)
+    run_batches = progress.loss_batches
 
     model.train()
     while progress.completed_steps < plan.max_train_steps and progress.epoch < plan.num_epochs:
@@ -196,7 +194,7 @@ def train(
             progress.micro_batches += 1
             window_loss += loss.detach()
             window_batches += 1
-            tokens += tokens_in(batch)
+            progress.tokens += tokens_in(batch)
             if not accelerator.sync_gradients:
                 continue
 
@@ -213,7 +211,7 @@ def train(
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr}, step=step)
                 log_history.append({"step": step, "train_loss": mean_loss, "learning_rate": lr})
-            train_seconds += time.perf_counter() - tick
+            progress.train_seconds += time.perf_counter() - tick
             epoch_done = progress.batches_in_epoch == len(train_dataloader)
             if epoch_done:
                 progress.epoch += 1
@@ -221,6 +219,8 @@ def train(
             if (args.checkpointing_steps == "epoch" and epoch_done) or (
                 isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0
             ):
+                progress.loss_sum = (run_loss + window_loss).item()
+                progress.loss_batches = run_batches + window_batches
                 save_checkpoint(accelerator, output_dir, progress, fingerprint)
             if evaluate is not None and (
                 step % args.eval_steps == 0 if args.eval_steps is not None else epoch_done
@@ -236,8 +236,10 @@ def train(
     run_loss += window_loss
     run_batches += window_batches
     train_loss = accelerator.reduce(run_loss / max(run_batches, 1), reduction="mean").item()
-    total_tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), reduction="sum").item())
-    runtime = accelerator.reduce(torch.tensor(train_seconds, device=device), reduction="mean").item()
+    total_tokens = int(
+        accelerator.reduce(torch.tensor(progress.tokens, device=device), reduction="sum").item()
+    )
+    runtime = accelerator.reduce(torch.tensor(progress.train_seconds, device=device), reduction="mean").item()
     return TrainingSummary(
         completed_steps=progress.completed_steps,
         epochs=progress.completed_steps / plan.steps_per_epoch,

@@ -120,6 +120,10 @@ def test_resume_replays_the_uninterrupted_run_exactly(tmp_path):
     assert resumed.completed_steps == 8
     for name, value in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+    # the summary covers the whole run, not only the part after the resume
+    assert resumed.log_history == straight.log_history and len(straight.log_history) == 8
+    assert resumed.train_loss == straight.train_loss
+    assert resumed.train_tokens == straight.train_tokens
     # the straight run's final weights differ from a different seed's: the check above is not vacuous
     _, other_weights = run(parse(tmp_path / "other", "--max_train_steps", "8", "--seed", "7"))
     assert not torch.equal(other_weights["head.weight"], straight_weights["head.weight"])
