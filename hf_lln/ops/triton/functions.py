@@ -1,11 +1,12 @@
 """Launches and autograd Functions around the kernels in ``kernels.py`` (imports triton).
 
-Forward: a statistics pass over q, k (moments and per-channel extremes of k), a few host ops on
-``(batch, heads)``-sized tensors (alpha, beta, the shift ``M_c``), a state pass over k, v
-(``S, z``), and an output pass over q (plus k, v of each diagonal block). Backward: a query pass
-(``dq``, ``dS, dz``, the block softmax's ``dk, dv``, the mix weights' gradients) and a key pass
-(the LLN part of ``dk, dv``). Passes that reduce over the sequence give each program several tiles
-and finish with one atomic add, so long sequences still fill the GPU.
+Forward: a statistics pass over q, k (moments and per-channel extremes of k), alpha, beta and the
+shift ``M_c`` from them (one small launch per (batch, head), or host ops for global statistics), a
+state pass over k, v (``S, z``), and an output pass over q (plus k, v of each diagonal block).
+Backward: an LLN query pass (``dq``, ``dS, dz``, ``d w_lln``), for LLN + Diag a block pass (the block
+softmax's ``dq, dk, dv`` and ``d w_diag``), and a key pass (the LLN part of ``dk, dv``). Passes that
+reduce over the sequence give each program several tiles and finish with one atomic add, so long
+sequences still fill the GPU.
 """
 
 from __future__ import annotations
