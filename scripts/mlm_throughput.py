@@ -1,12 +1,17 @@
-"""MLM training throughput (tokens/s) and peak memory per attention and sequence length; loss-curve comparison.
+"""MLM training throughput (tokens/s, ms per step) and peak memory per attention and sequence length;
+loss-curve comparison.
 
 Each measurement trains the preset (random tokens, BERT masking, AdamW, accelerate mixed precision,
 the same code path as run_mlm.py's step) for ``--warmup_steps`` then times ``--steps`` steps.
+``zero_cost`` is an attention that costs nothing (each token keeps its own value): a step with it is
+the floor the other attentions' steps are compared with (the ``x zero_cost`` column).
 With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out.
 
     python scripts/mlm_throughput.py --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
         --mixed_precision no --tokens_per_batch 256                                   # CPU smoke run
     python scripts/mlm_throughput.py --find_max_seq_length                            # one H100: base, bf16
+    python scripts/mlm_throughput.py --attn_implementations zero_cost sdpa lln lln_diag --attention_dropout 0 \
+        --seq_lengths 512 4096 16384 32768 --tokens_per_batch 32768                   # issue 8's training step
 
 Compare the loss curves of finished run_mlm.py runs (their ``log_history.json``), e.g. 1 GPU vs 2-GPU DDP:
 
@@ -23,14 +28,26 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import AutoModelForMaskedLM
+from transformers import AttentionInterface, AttentionMaskInterface, AutoModelForMaskedLM
 
+from hf_lln.integration.attention import key_padding_mask
 from hf_lln.mlm import PRESETS, position_offset, preset_config
 from hf_lln.mlm.model import config_for_attention
 from hf_lln.training import LOG_HISTORY_FILE, decay_parameter_groups
 
 MASK_SHARE = 0.15
 FIRST_WORD_ID = 5  # ids below are special tokens (<s>, <pad>, </s>, <unk>, <mask>): never drawn as words
+ZERO_COST = "zero_cost"
+
+
+def zero_cost_attention(module, query, key, value, attention_mask, **kwargs):
+    """``value: (batch, heads, seq, head_dim)`` -> ``((batch, seq, heads, head_dim), None)``: each token
+    keeps its own value, so the step costs what everything but the attention costs."""
+    return value.transpose(1, 2), None
+
+
+AttentionInterface.register(ZERO_COST, zero_cost_attention)
+AttentionMaskInterface.register(ZERO_COST, key_padding_mask)
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +60,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=16384,
         help="Batch size = tokens_per_batch // seq (at least 1).",
+    )
+    parser.add_argument(
+        "--attention_dropout",
+        type=float,
+        default=None,
+        help="attention_probs_dropout_prob for every model (default: the preset's; the fused kernels need 0).",
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup_steps", type=int, default=5)
@@ -64,6 +87,8 @@ def measure(accelerator: Accelerator, args, attention: str, seq: int, batch: int
     """Tokens/s and peak memory of training steps at (batch, seq); None when it does not fit in memory."""
     config = config_for_attention(preset_config(args.config_name), attention)
     config.max_position_embeddings = seq + position_offset(config)
+    if args.attention_dropout is not None:
+        config.attention_probs_dropout_prob = args.attention_dropout
     model = optimizer = None
     try:
         model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention)
@@ -90,7 +115,11 @@ def measure(accelerator: Accelerator, args, attention: str, seq: int, batch: int
         peak = (
             torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
         )
-        return {"tokens_per_second": batch * seq * args.steps / seconds, "peak_gib": peak}
+        return {
+            "tokens_per_second": batch * seq * args.steps / seconds,
+            "ms_per_step": seconds / args.steps * 1e3,
+            "peak_gib": peak,
+        }
     except torch.OutOfMemoryError:
         return None
     finally:
@@ -121,19 +150,26 @@ def throughput_table(args) -> None:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
     print(f"{args.config_name}, {args.mixed_precision}, {device}, {args.steps} timed steps")
-    print("| attention | seq | batch | tokens/s | peak memory (GiB) |")
-    print("|---|---:|---:|---:|---:|")
-    for attention in args.attn_implementations:
+    print("| attention | seq | batch | tokens/s | ms/step | x zero_cost | peak memory (GiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    floor: dict[int, float] = {}
+    # the zero-cost step first, so every other row can be set against it
+    attentions = sorted(args.attn_implementations, key=lambda name: name != ZERO_COST)
+    for attention in attentions:
         for seq in args.seq_lengths:
             batch = max(1, args.tokens_per_batch // seq)
             result = measure(accelerator, args, attention, seq, batch)
             if result is None:
-                print(f"| {attention} | {seq} | {batch} | out of memory | |", flush=True)
-            else:
-                print(
-                    f"| {attention} | {seq} | {batch} | {result['tokens_per_second']:,.0f} | {result['peak_gib']} |",
-                    flush=True,
-                )
+                print(f"| {attention} | {seq} | {batch} | out of memory | | | |", flush=True)
+                continue
+            if attention == ZERO_COST:
+                floor[seq] = result["ms_per_step"]
+            ratio = f"{result['ms_per_step'] / floor[seq]:.2f}" if seq in floor else ""
+            print(
+                f"| {attention} | {seq} | {batch} | {result['tokens_per_second']:,.0f} | "
+                f"{result['ms_per_step']:.1f} | {ratio} | {result['peak_gib']:.2f} |",
+                flush=True,
+            )
     if args.find_max_seq_length:
         print("\n| attention | longest sequence that trains at batch 1 |")
         print("|---|---:|")
