@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("triton")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kernel_resources.py"
+from tests.scripts import load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("kernel_resources", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kernel_resources"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kernel_resources")
 
 
 @pytest.mark.slow

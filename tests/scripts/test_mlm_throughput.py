@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,17 +10,12 @@ from transformers import AutoModelForMaskedLM
 
 from hf_lln.mlm import preset_config
 from hf_lln.mlm.model import config_for_attention
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mlm_throughput.py"
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("mlm_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mlm_throughput"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mlm_throughput")
 
 
 def test_zero_cost_attention_ignores_queries_and_keys(script):

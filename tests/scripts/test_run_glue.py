@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import string
 from pathlib import Path
@@ -22,6 +21,8 @@ from transformers import (
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "glue"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
@@ -39,14 +40,7 @@ SUBMISSION_FILES = {
 }
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_glue", ROOT / "scripts" / "run_glue.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_glue = load_script()
+run_glue = load_script("run_glue")
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +229,7 @@ def test_bad_input_fails_before_training(tiny_bert, tmp_path, flags, error, matc
 
 
 def test_sweep_prints_attentions_side_by_side(tiny_bert, tmp_path):
-    spec = importlib.util.spec_from_file_location("glue_sweep", ROOT / "scripts" / "glue_sweep.py")
-    glue_sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(glue_sweep)
+    glue_sweep = load_script("glue_sweep")
     argv = [
         "--model_name_or_path",
         str(tiny_bert),

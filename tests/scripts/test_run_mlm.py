@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run_mlm.py"
@@ -31,14 +32,7 @@ FAST = [
 ]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_mlm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_mlm = load_script()
+run_mlm = load_script("run_mlm")
 
 
 def run(output_dir: Path, *flags: str) -> dict:
