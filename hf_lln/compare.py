@@ -115,8 +115,9 @@ SCALES = {
         mixed_precision="no",
         checkpointing_steps=None,
     ),
-    # One H100, --jobs 7: the converted track in about 7 minutes; the scratch track's pretraining in about 10
-    # (bf16; 6,000 steps is where LLN+Diag has left the unigram plateau and softmax is still leaving it).
+    # One H100: the converted track (--jobs 7) in about 10 minutes, the scratch track (--jobs 14, with the
+    # statistics arms) in about 25; bf16 pretraining for 6,000 steps, where LLN+Diag has left the unigram
+    # plateau and softmax has not yet (docs/quality.md).
     "gpu-minutes": Scale(
         config_name="lln-roberta-small",
         max_seq_length=128,

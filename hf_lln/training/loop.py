@@ -216,16 +216,18 @@ def train(
             if epoch_done:
                 progress.epoch += 1
                 progress.batches_in_epoch = 0
+            # evaluate before checkpointing, so that a run resumed from this step has this evaluation in
+            # its history (every step reseeds the RNG, so evaluating first changes no training step)
+            if evaluate is not None and (
+                step % args.eval_steps == 0 if args.eval_steps is not None else epoch_done
+            ):
+                run_evaluation()
             if (args.checkpointing_steps == "epoch" and epoch_done) or (
                 isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0
             ):
                 progress.loss_sum = (run_loss + window_loss).item()
                 progress.loss_batches = run_batches + window_batches
                 save_checkpoint(accelerator, output_dir, progress, fingerprint)
-            if evaluate is not None and (
-                step % args.eval_steps == 0 if args.eval_steps is not None else epoch_done
-            ):
-                run_evaluation()
             if step >= plan.max_train_steps:
                 break
             tick = time.perf_counter()
