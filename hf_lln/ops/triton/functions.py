@@ -159,7 +159,7 @@ def _state(k, v, mask, beta, shift):
 
 
 def _row_tile(block_size: int | None) -> tuple[int, int]:
-    """(rows per tile, its power-of-two register block): one diagonal block, or 64 rows for LLN."""
+    """(rows per tile, its power-of-two register block): one diagonal block, or ``ROW_BLOCK`` rows for LLN."""
     tile = ROW_BLOCK if block_size is None else block_size
     return tile, max(16, triton.next_power_of_2(tile))
 
