@@ -106,6 +106,9 @@ def save_checkpoint(
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
+    # save_state returns without a barrier: every process writes its own RNG state into staging, and
+    # renaming before the slowest has done so would leave that file behind in a re-created staging folder
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {
             "progress": dataclasses.asdict(progress),

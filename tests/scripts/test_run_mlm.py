@@ -132,7 +132,9 @@ def test_two_processes_train_the_same_data_as_one(tmp_path, trained, small_corpu
     # dropout are drawn per process, so the losses agree only approximately
     assert ddp["train_tokens"] == single["train_tokens"] == 8 * 8 * 32
     assert abs(ddp["eval_loss"] - single["eval_loss"]) < 0.3
-    assert (tmp_path / "ddp" / "step_4" / "training_state.json").is_file()
+    for step in (4, 8):
+        assert (tmp_path / "ddp" / f"step_{step}" / "training_state.json").is_file()
+        assert (tmp_path / "ddp" / f"step_{step}" / "random_states_1.pkl").is_file()
     assert not list((tmp_path / "ddp").glob(".step_*"))
 
 
