@@ -263,11 +263,18 @@ def op_functions(device: torch.device, seed: int) -> dict[str, Callable[..., tor
     }
 
 
-def _op_floor_bytes(batch: int, seq: int, dtype: torch.dtype, backward: bool) -> int:
-    """Bytes an attention op on ``(batch, OP_HEADS, seq, OP_HEAD_DIM)`` must move: q, k, v read and the output
+def _op_floor_bytes(
+    batch: int,
+    seq: int,
+    dtype: torch.dtype,
+    backward: bool,
+    heads: int = OP_HEADS,
+    head_dim: int = OP_HEAD_DIM,
+) -> int:
+    """Bytes an attention op on ``(batch, heads, seq, head_dim)`` must move: q, k, v read and the output
     written (4 tensors); with the backward pass also q, k, v, the output and its gradient read and three
     gradients written (12 in all)."""
-    tensor = batch * OP_HEADS * seq * OP_HEAD_DIM * (torch.finfo(dtype).bits // 8)
+    tensor = batch * heads * seq * head_dim * (torch.finfo(dtype).bits // 8)
     return tensor * (12 if backward else 4)
 
 
@@ -403,8 +410,7 @@ class Runner:
                 failed = False
                 for seq in config.seq_lens:
                     batch = max(1, config.tokens // seq)
-                    attention_bytes = _op_floor_bytes(batch, seq, dtype, backward) * heads * head_dim
-                    attention_bytes //= OP_HEADS * OP_HEAD_DIM
+                    attention_bytes = _op_floor_bytes(batch, seq, dtype, backward, heads, head_dim)
                     case = {
                         "suite": "models",
                         "dtype": dtype_name,

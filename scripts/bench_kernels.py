@@ -31,7 +31,7 @@ from hf_lln.benchmark import BenchConfig, _op_floor_bytes, copy_bandwidth, peak_
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
 
-HEADS, HEAD_DIM = 12, 64
+HEADS = 12
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SETTINGS = {
     "default": {},
@@ -70,13 +70,13 @@ def implementations(device: torch.device) -> dict[str, object]:
     return impls
 
 
-def check_kernels(device: torch.device, dtype: torch.dtype) -> list[str]:
+def check_kernels(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
     """Relative errors of the fused kernels (out, dq, dk, dv) on random padded inputs, outputs poisoned."""
     lines = []
     gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(3, HEADS, 1000, HEAD_DIM, generator=gen, device=device) for _ in range(3))
+    q, k, v = (torch.randn(3, HEADS, 1000, head_dim, generator=gen, device=device) for _ in range(3))
     mask = torch.arange(1000, device=device)[None, :] < torch.tensor([[1000], [999], [321]], device=device)
-    grad = torch.randn(3, HEADS, 1000, HEAD_DIM, generator=gen, device=device, dtype=torch.float64)
+    grad = torch.randn(3, HEADS, 1000, head_dim, generator=gen, device=device, dtype=torch.float64)
     for name, fn in (("lln", ops.lln_attention), ("lln_diag", ops.lln_diag_attention)):
         results = {}
         for mode, cast in (("torch", torch.float64), ("triton", dtype)):
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     parser.add_argument("--seq-lens", default="512,2048,8192,32768")
     parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument(
         "--settings", default=",".join(SETTINGS), help=f"launch settings from {tuple(SETTINGS)}"
     )
@@ -181,11 +182,11 @@ def main() -> None:
     bandwidth = copy_bandwidth(device, config)
     impls = implementations(device)
     if "fused_lln" in impls:
-        for line in check_kernels(device, dtype):
+        for line in check_kernels(device, dtype, args.head_dim):
             print(line, flush=True)
     rows = []
     for seq in seq_lens:
-        shape = (max(1, args.tokens // seq), HEADS, seq, HEAD_DIM)
+        shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
         for name, fn in impls.items():
             names = (
                 settings if name.startswith("fused") and seq in (seq_lens[0], seq_lens[-1]) else ["default"]
@@ -193,7 +194,11 @@ def main() -> None:
             for setting in names:
                 row = {"seq": seq, "impl": name, "setting": setting}
                 for backward in (False, True):
-                    floor = _op_floor_bytes(shape[0], seq, dtype, backward) / bandwidth * 1e3
+                    floor = (
+                        _op_floor_bytes(shape[0], seq, dtype, backward, HEADS, args.head_dim)
+                        / bandwidth
+                        * 1e3
+                    )
                     with fused_launch_config(setting):
                         ms, latency, host_ms, peak = measure(fn, shape, dtype, device, config, backward)
                     key = "fwd_bwd" if backward else "fwd"
@@ -206,10 +211,10 @@ def main() -> None:
         for seq in (seq_lens[0], seq_lens[-1]):
             for name in ("fused_lln", "fused_lln_diag"):
                 print(f"profile {name} seq {seq} (forward+backward):")
-                shape = (max(1, args.tokens // seq), HEADS, seq, HEAD_DIM)
+                shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
                 print("\n".join(profile_kernels(impls[name], shape, dtype, device)))
     print(f"\ndevice {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {args.dtype}, "
-          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens}, heads {HEADS}, head_dim {HEAD_DIM}")  # fmt: skip
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens}, heads {HEADS}, head_dim {args.head_dim}")  # fmt: skip
     print(HEADER)
     for row in rows:
         print(format_row(row))

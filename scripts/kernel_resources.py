@@ -6,6 +6,7 @@ leaves an SM with few programs, which limits the bandwidth of these memory-bound
 
     python scripts/kernel_resources.py                  # bf16, head_dim 64, block 64
     python scripts/kernel_resources.py --dtype fp32 --head-dim 32 --block 32
+    python scripts/kernel_resources.py --head-dim 128 --block 128
 """
 
 from __future__ import annotations
@@ -28,18 +29,18 @@ FLOAT32_POINTERS |= {"D_W_LLN", "D_W_DIAG", "MOMENTS", "KMAX", "KMIN"}
 FLOAT_SCALARS = {"scale", "eps", "scale_log2e", "softmax_factor", "const_a", "const_b", "min_std"}
 
 
-def kernel_specs(dtype: str, head_dim: int, block: int) -> list[tuple[str, dict, int]]:
-    """(kernel, constexprs, warps) as ``functions`` launches them for a masked LLN+Diag call."""
-    config, half, row = functions.launch_config, dtype != "fp32", functions.ROW_BLOCK
-    dims = {"D": head_dim, "DV": head_dim}
+def kernel_specs(dtype: str, head_dim: int, block: int) -> list[tuple[str, dict, int, int]]:
+    """(kernel, constexprs, warps, stages) as ``functions`` launches them for a masked LLN+Diag call."""
+    plan, half, stages = functions.launch_plan(head_dim, head_dim), dtype != "fp32", functions.PIPELINE_STAGES
+    dims, row = {"D": head_dim, "DV": head_dim}, plan.rows
     return [
-        ("lln_stats_kernel", {"D": head_dim, "BLOCK": row, "HAS_MASK": True, "MASKED_MOMENTS": True}, config.num_warps_stats),
-        ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half}, config.num_warps),
-        ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "HALF": half}, config.num_warps),
-        ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "HALF": half}, config.num_warps_diag),
-        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half}, config.num_warps_backward),
-        ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HALF": half}, config.num_warps_diag_backward),
-        ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, config.num_warps),
+        ("lln_stats_kernel", {"D": head_dim, "BLOCK": row, "HAS_MASK": True, "MASKED_MOMENTS": True}, plan.warps_stats, stages),
+        ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half}, plan.warps, stages),
+        ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "HALF": half}, plan.warps, stages),
+        ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "HALF": half}, plan.warps_diag, plan.stages_diag),
+        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half}, plan.warps_query, stages),
+        ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HALF": half}, plan.warps_diag_backward, plan.stages_diag),
+        ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, plan.warps, stages),
     ]  # fmt: skip
 
 
@@ -55,15 +56,19 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
     return types
 
 
-def resources(name: str, dtype: str, constexprs: dict, warps: int) -> dict[str, int]:
+def resources(name: str, dtype: str, constexprs: dict, warps: int, stages: int) -> dict[str, int]:
     """Registers per thread, spilled bytes (stores) and shared memory of one compiled kernel."""
     fn = getattr(kernels, name)
     types = signature(fn, dtype, constexprs)
     positions = {(list(types).index(key),): value for key, value in constexprs.items()}
+    # What the launcher tells the compiler of real arguments, at its most specialised (aligned tensors,
+    # every integer a multiple of 16, as for seq 512): with it, Triton pipelines loads into
+    # multi-buffered shared memory, so this is the launch that needs the most.
+    aligned = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(types.values()) if kind != "fp32"}
     compiled = triton.compile(
-        ASTSource(fn, types, constexprs=positions),
+        ASTSource(fn, types, constexprs=positions, attrs=aligned),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": warps},
+        options={"num_warps": warps, "num_stages": stages},
     )
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
@@ -87,11 +92,13 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block", type=int, default=64, help="diagonal block (a power of two)")
     args = parser.parse_args()
-    print("| kernel | tile rows | warps | registers | spill bytes | shared KiB |\n|---|---|---|---|---|---|")
-    for name, constexprs, warps in kernel_specs(args.dtype, args.head_dim, args.block):
-        found = resources(name, args.dtype, constexprs, warps)
+    print(
+        "| kernel | tile rows | warps | stages | registers | spill bytes | shared KiB |\n" + "|---" * 7 + "|"
+    )
+    for name, constexprs, warps, stages in kernel_specs(args.dtype, args.head_dim, args.block):
+        found = resources(name, args.dtype, constexprs, warps, stages)
         print(
-            f"| {name} | {constexprs['BLOCK']} | {warps} | {found['registers']} | "
+            f"| {name} | {constexprs['BLOCK']} | {warps} | {stages} | {found['registers']} | "
             f"{found['spill_bytes']} | {found['shared_kib']} |"
         )
 

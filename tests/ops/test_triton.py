@@ -89,13 +89,14 @@ def _compare(variant, q, k, v, mask, *, weights=None, **kwargs):
 
 LENGTHS = (1, 63, 65, 500, 4097)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Every dtype meets every fused head size, and every length meets every dtype, without the full product
-# (each dtype x head size x variant compiles its own kernels).
+# Every dtype meets every head size it is fused for, and every length meets every dtype, without the
+# full product (each dtype x head size x variant compiles its own kernels).
 CASES = [
     (variant, dtype, head_dim, LENGTHS[(3 * i + j + 2 * offset) % len(LENGTHS)])
     for offset, variant in enumerate(("lln", "lln_diag"))
     for i, dtype in enumerate(DTYPES)
     for j, head_dim in enumerate(fused.SUPPORTED_DIMS)
+    if dtype != torch.float32 or head_dim <= fused.MAX_FLOAT32_DIM
 ]
 
 
@@ -148,14 +149,23 @@ def test_transformers_layout_unpadded_and_empty_sequence():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_head_dim_128_falls_back_to_pytorch(dtype):
-    q, k, v, mask = _inputs(2, 2, 100, 128, dtype)
+def test_float32_head_dim_128_falls_back_to_pytorch():
+    q, k, v, mask = _inputs(2, 2, 100, 128, torch.float32)
     assert not fused.supports(q, k, v, mask, causal=False, dropout_p=0.0)
     out = lln_diag_attention(q, k, v, mask)
     with use_kernels("torch"):
         want = lln_diag_attention(q, k, v, mask)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_head_dim_128_with_narrower_values_and_widest_block(dtype):
+    q, k, v, mask = _inputs(2, 2, 300, 128, dtype, seed=3)
+    errors = _compare("lln_diag", q, k, v[..., :64].contiguous(), mask, block_size=128)
+    assert max(errors) < TOLERANCE[dtype], errors
+    errors = _compare("lln", q[..., :32].contiguous(), k[..., :32].contiguous(), v, mask)
+    assert max(errors) < TOLERANCE[dtype], errors
 
 
 @pytest.mark.gpu
@@ -183,7 +193,7 @@ def test_cpu_inputs_are_not_supported_and_rejected_by_name():
         (dict(causal=True), "causal"),
         (dict(dropout_p=0.1), "dropout_p"),
         (dict(head_dim=48), "head_dim"),
-        (dict(head_dim=128), "head_dim"),
+        (dict(head_dim=128), "float32"),
         (dict(dtype=torch.float64), "dtype"),
         (dict(block_size=129), "block_size"),
         (dict(block_size=65), "float32"),

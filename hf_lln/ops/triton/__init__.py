@@ -3,9 +3,9 @@
 Same functions as ``hf_lln.ops.lln_attention`` / ``hf_lln.ops.lln_diag_attention`` restricted to
 what the kernels handle (``supports``): CUDA tensors of one dtype (float32, bfloat16, float16),
 ``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` with head_dim and v_dim
-in {16, 32, 64} (128-wide tiles with float32 products overflow shared memory), key padding
-``mask: (batch, seq)`` bool or None, non-causal, no dropout, diagonal blocks of at most 128 tokens
-(64 for float32). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
+in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float32 tiles overflow shared memory), key
+padding ``mask: (batch, seq)`` bool or None, non-causal, no dropout, diagonal blocks of at most 128
+tokens (64 for float32). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
 gradient, as in the PyTorch path. Design and measurements: docs/kernels.md.
 """
 
@@ -17,10 +17,11 @@ import importlib.util
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SUPPORTED_DIMS = (16, 32, 64)
+SUPPORTED_DIMS = (16, 32, 64, 128)
 MAX_BLOCK_SIZE = 128
-# float32 tiles of wider blocks need more shared memory than an H100 has (compiler's report).
+# float32 tiles of wider blocks or heads need more shared memory than an H100 has (compiler's report).
 MAX_FLOAT32_BLOCK_SIZE = 64
+MAX_FLOAT32_DIM = 64
 MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 STATS_MODES = ("per_sequence", "global")
 
@@ -52,6 +53,11 @@ def _unsupported(q, k, v, mask, causal, dropout_p, block_size) -> str | None:
         return "seq must be at least 1"
     if q.shape[3] not in SUPPORTED_DIMS or v.shape[3] not in SUPPORTED_DIMS:
         return f"head_dim and v_dim must be in {SUPPORTED_DIMS}, got {q.shape[3]} and {v.shape[3]}"
+    if q.dtype == torch.float32 and max(q.shape[3], v.shape[3]) > MAX_FLOAT32_DIM:
+        return (
+            f"head_dim and v_dim must be at most {MAX_FLOAT32_DIM} for float32 inputs, "
+            f"got {q.shape[3]} and {v.shape[3]} (bfloat16 and float16 take 128)"
+        )
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             return "mask must be a bool tensor (batch, seq) or None"

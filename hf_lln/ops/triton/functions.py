@@ -20,9 +20,12 @@ import triton
 from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
 from hf_lln.ops.triton import kernels
 
-# Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills (64-row
-# tiles needed 255 registers and spilled in the backward); docs/kernels.md has the counts.
+# Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills up to head
+# size 64 (64-row tiles needed 255 registers and spilled in the backward); 128-wide heads hold four
+# times the state, so they take 16-row tiles and twice the warps. docs/kernels.md has the counts.
 ROW_BLOCK = 32
+WIDE_ROW_BLOCK = 16
+PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
 
 @dataclass
@@ -36,9 +39,41 @@ class LaunchConfig:
     num_warps_backward: int = 4  # the LLN query pass of the backward
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
+    num_warps_wide: int = 8  # every pass when head_dim or v_dim is 128
 
 
 launch_config = LaunchConfig()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Rows per tile of the passes over tokens and the warps of each pass, for one head size."""
+
+    rows: int
+    warps: int  # the state, LLN output and key passes
+    warps_stats: int
+    warps_query: int  # the LLN query pass of the backward
+    warps_diag: int  # the forward output pass with the block softmax
+    warps_diag_backward: int
+    stages_diag: int  # loads in flight in the two diagonal-block passes
+
+
+def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
+    """The plan ``launch_config`` gives heads of this size (read at every call, so tuning applies at once)."""
+    c = launch_config
+    if max(head_dim, v_dim) > 64:
+        wide = c.num_warps_wide
+        # one stage: multi-buffered 128x128 tiles of the block passes need up to 416 KiB of shared memory
+        return LaunchPlan(WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, stages_diag=1)
+    return LaunchPlan(
+        ROW_BLOCK,
+        c.num_warps,
+        c.num_warps_stats,
+        c.num_warps_backward,
+        c.num_warps_diag,
+        c.num_warps_diag_backward,
+        stages_diag=PIPELINE_STAGES,
+    )
 
 
 @functools.cache
@@ -97,7 +132,8 @@ def feature_scales(
     tensor, padding included (finished on the host); M_c is always over real keys.
     """
     batch, heads, seq, head_dim = q.shape
-    num_tiles = triton.cdiv(seq, ROW_BLOCK)
+    plan = launch_plan(head_dim, head_dim)
+    num_tiles = triton.cdiv(seq, plan.rows)
     per_program, chunks = _split(batch * heads, num_tiles, q.device)
     moments = torch.empty(batch * heads, chunks, 5, head_dim, dtype=torch.float32, device=q.device)
     k_max = torch.empty(batch * heads, chunks, head_dim, dtype=torch.float32, device=q.device)
@@ -107,8 +143,8 @@ def feature_scales(
         q, k, mask_arg, moments, k_max, k_min,
         *_bhs_strides(q), *_bhs_strides(k), stride_mb,
         heads, seq, per_program, chunks,
-        D=head_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None,
-        MASKED_MOMENTS=stats == "per_sequence", num_warps=launch_config.num_warps_stats,
+        D=head_dim, BLOCK=plan.rows, HAS_MASK=mask is not None,
+        MASKED_MOMENTS=stats == "per_sequence", num_warps=plan.warps_stats,
     )  # fmt: skip
     if stats == "per_sequence":
         a, b = moment_constants(head_dim)
@@ -139,10 +175,10 @@ def feature_scales(
     return alpha, beta, shift
 
 
-def _state(k, v, mask, beta, shift):
+def _state(k, v, mask, beta, shift, plan):
     batch, heads, seq, head_dim = k.shape
     v_dim = v.shape[-1]
-    per_program, chunks = _split(batch * heads, triton.cdiv(seq, ROW_BLOCK), k.device)
+    per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), k.device)
     bh = batch * heads
     buffer = torch.zeros(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=k.device)
     state = buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim)
@@ -152,15 +188,15 @@ def _state(k, v, mask, beta, shift):
         k, v, mask_arg, beta, shift, state, norm,
         *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, per_program,
-        D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
-        num_warps=launch_config.num_warps,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
+        num_warps=plan.warps,
     )  # fmt: skip
     return state, norm
 
 
-def _row_tile(block_size: int | None) -> tuple[int, int]:
-    """(rows per tile, its power-of-two register block): one diagonal block, or ``ROW_BLOCK`` rows for LLN."""
-    tile = ROW_BLOCK if block_size is None else block_size
+def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
+    """(rows per tile, its power-of-two register block): one diagonal block, or ``plan.rows`` rows for LLN."""
+    tile = plan.rows if block_size is None else block_size
     return tile, max(16, triton.next_power_of_2(tile))
 
 
@@ -171,10 +207,11 @@ class _FusedLLN(torch.autograd.Function):
     def forward(ctx, q, k, v, w_lln, w_diag, mask, block_size, scale, eps, stats):
         batch, heads, seq, head_dim = q.shape
         v_dim = v.shape[-1]
+        plan = launch_plan(head_dim, v_dim)
         alpha, beta, shift = feature_scales(q, k, mask, stats=stats, scale=scale)
-        state, norm = _state(k, v, mask, beta, shift)
+        state, norm = _state(k, v, mask, beta, shift, plan)
         out = _empty_like_layout(q, v_dim)
-        tile, block = _row_tile(block_size)
+        tile, block = _row_tile(block_size, plan)
         num_tiles = triton.cdiv(seq, tile)
         per_program = min(num_tiles, launch_config.output_tiles_per_program)
         mask_arg, stride_mb = _mask_args(mask, q)
@@ -186,7 +223,8 @@ class _FusedLLN(torch.autograd.Function):
             heads, seq, tile, per_program, scale * 1.4426950408889634, eps,
             D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
             HALF=q.dtype != torch.float32,
-            num_warps=launch_config.num_warps_diag if has_diag else launch_config.num_warps,
+            num_warps=plan.warps_diag if has_diag else plan.warps,
+            num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag)
         ctx.config = (block_size, scale, eps)
@@ -199,6 +237,7 @@ class _FusedLLN(torch.autograd.Function):
         batch, heads, seq, head_dim = q.shape
         v_dim = v.shape[-1]
         has_diag = block_size is not None
+        plan = launch_plan(head_dim, v_dim)
         grad = _unit_last_stride(grad)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_state = torch.zeros_like(state)
@@ -207,17 +246,17 @@ class _FusedLLN(torch.autograd.Function):
         d_w_diag = torch.zeros_like(d_w_lln) if has_diag else None
         mask_arg, stride_mb = _mask_args(mask, q)
         half = q.dtype != torch.float32
-        per_program, chunks = _split(batch * heads, triton.cdiv(seq, ROW_BLOCK), q.device)
+        per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
         kernels.lln_backward_query_kernel[(chunks, batch * heads)](
             q, grad, dq, alpha, shift, state, norm, w_lln if has_diag else alpha,
             d_state, d_norm, d_w_lln if has_diag else alpha,
             *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
             heads, seq, per_program, eps,
-            D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_DIAG=has_diag, HALF=half,
-            num_warps=launch_config.num_warps_backward,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, HALF=half,
+            num_warps=plan.warps_query,
         )  # fmt: skip
         if has_diag:
-            tile, block = _row_tile(block_size)
+            tile, block = _row_tile(block_size, plan)
             per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
             kernels.lln_backward_block_kernel[(chunks, batch * heads)](
                 q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag,
@@ -225,14 +264,14 @@ class _FusedLLN(torch.autograd.Function):
                 *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
                 heads, seq, tile, per_program, scale,
                 D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
-                num_warps=launch_config.num_warps_diag_backward,
+                num_warps=plan.warps_diag_backward, num_stages=plan.stages_diag,
             )  # fmt: skip
-        kernels.lln_backward_key_kernel[(triton.cdiv(seq, ROW_BLOCK), batch * heads)](
+        kernels.lln_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
             k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
             *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
             heads, seq,
-            D=head_dim, DV=v_dim, BLOCK=ROW_BLOCK, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
-            num_warps=launch_config.num_warps,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
+            num_warps=plan.warps,
         )  # fmt: skip
         return dq, dk, dv, d_w_lln, d_w_diag, None, None, None, None, None
 

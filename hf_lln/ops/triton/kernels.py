@@ -309,10 +309,10 @@ def lln_backward_query_kernel(
     state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
     norm = tl.load(NORM + pid_bh * D + cols)
     d_state = tl.zeros([D, DV], tl.float32)
-    d_norm = tl.zeros([BLOCK, D], tl.float32)  # per row slot, summed after the loop
+    d_norm = tl.zeros([D], tl.float32)
     if HAS_DIAG:
         w_lln = tl.load(W_LLN + h * DV + vcols)
-        d_w_lln = tl.zeros([BLOCK, DV], tl.float32)
+        d_w_lln = tl.zeros([DV], tl.float32)
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
         rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
@@ -321,22 +321,22 @@ def lln_backward_query_kernel(
         g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
         phi, den, den_c, lln = _lln_rows(q, alpha, shift, state, norm, eps, HALF)
         if HAS_DIAG:
-            d_w_lln += g * lln
+            d_w_lln += tl.sum(g * lln, axis=0)
             g = g * w_lln[None, :]
         u = g / den_c[:, None]
         w = tl.where(den > eps, tl.sum(u * lln, axis=1), 0.0)
         d_phi = _dot(u, tl.trans(state), HALF) - w[:, None] * norm[None, :]
         d_state += _dot(tl.trans(phi), u, HALF)
-        d_norm -= w[:, None] * phi
+        d_norm -= tl.sum(w[:, None] * phi, axis=0)
         tl.store(
             dq_base + rows[:, None] * stride_dqs + cols[None, :],
             (d_phi * phi * alpha).to(DQ.dtype.element_ty),
             mask=row_ok[:, None],
         )
     tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state)
-    tl.atomic_add(D_NORM + pid_bh * D + cols, tl.sum(d_norm, axis=0))
+    tl.atomic_add(D_NORM + pid_bh * D + cols, d_norm)
     if HAS_DIAG:
-        tl.atomic_add(D_W_LLN + h * DV + vcols, tl.sum(d_w_lln, axis=0))
+        tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
 
 
 @triton.jit
