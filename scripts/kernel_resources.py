@@ -64,7 +64,11 @@ def resources(name: str, dtype: str, constexprs: dict, warps: int, stages: int) 
     # What the launcher tells the compiler of real arguments, at its most specialised (aligned tensors,
     # every integer a multiple of 16, as for seq 512): with it, Triton pipelines loads into
     # multi-buffered shared memory, so this is the launch that needs the most.
-    aligned = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(types.values()) if kind != "fp32"}
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, kind in enumerate(types.values())
+        if kind not in ("fp32", "constexpr")
+    }
     compiled = triton.compile(
         ASTSource(fn, types, constexprs=positions, attrs=aligned),
         target=GPUTarget("cuda", 90, 32),
