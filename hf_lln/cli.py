@@ -12,8 +12,8 @@ import importlib
 
 SUBCOMMAND_MODULES = (
     "hf_lln.convert",
-    "hf_lln.analysis.cli",
-    "hf_lln.benchmark",
+    "hf_lln.experiments.analysis.cli",
+    "hf_lln.experiments.benchmark",
 )
 
 

@@ -2,7 +2,7 @@
 
 Checks the kernels first (poisoned outputs, forward and gradients against the PyTorch path in
 float64), then times forward and forward+backward at a fixed number of tokens per call
-(``batch = tokens // seq``), with ``hf_lln.benchmark``'s floor conventions, and compares launch
+(``batch = tokens // seq``), with ``hf_lln.experiments.benchmark``'s floor conventions, and compares launch
 settings of the fused kernels at the shortest and longest sequence. ``ms`` columns are per call with
 calls queued back to back (host work overlapping the GPU's, as between a model's layers); ``latency``
 is one synchronised call, host launch time included; ``host ms`` is the host's time per call. On the GPU::
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_lln import ops
-from hf_lln.benchmark import BenchConfig, _op_floor_bytes, copy_bandwidth, peak_memory_bytes, time_call
+from hf_lln.experiments.benchmark import BenchConfig, _op_floor_bytes, copy_bandwidth, peak_memory_bytes, time_call
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
 

@@ -14,7 +14,7 @@ Writes ``comparison.md``, ``comparison.json`` and ``mlm_loss.png`` into ``--outp
 there are skipped, so the same command resumes. Method and the choice of defaults: docs/quality.md.
 """
 
-from hf_lln.compare import main
+from hf_lln.experiments.compare import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 import hf_lln
-from hf_lln.glue import get_task, load_glue_tsv
+from hf_lln.recipes.glue import get_task, load_glue_tsv
 
 
 def parse_args() -> argparse.Namespace:

@@ -21,7 +21,7 @@ from accelerate import PartialState
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_glue  # noqa: E402  (the sibling script: one fine-tuning run)
 
-from hf_lln.glue import format_comparison_table  # noqa: E402
+from hf_lln.recipes.glue import format_comparison_table  # noqa: E402
 
 
 def default_model() -> str | None:

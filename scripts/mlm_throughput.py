@@ -31,9 +31,9 @@ from accelerate import Accelerator
 from transformers import AttentionInterface, AttentionMaskInterface, AutoModelForMaskedLM
 
 from hf_lln.integration.attention import key_padding_mask
-from hf_lln.mlm import PRESETS, position_offset, preset_config
-from hf_lln.mlm.model import config_for_attention
-from hf_lln.training import LOG_HISTORY_FILE, decay_parameter_groups
+from hf_lln.recipes.mlm import PRESETS, position_offset, preset_config
+from hf_lln.recipes.mlm.model import config_for_attention
+from hf_lln.recipes.training import LOG_HISTORY_FILE, decay_parameter_groups
 
 MASK_SHARE = 0.15
 FIRST_WORD_ID = 5  # ids below are special tokens (<s>, <pad>, </s>, <unk>, <mask>): never drawn as words

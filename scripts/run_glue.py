@@ -26,9 +26,9 @@ from accelerate import PartialState
 from datasets import DatasetDict
 
 import hf_lln  # noqa: F401  (registers the LLN attentions and models with Transformers)
-from hf_lln.glue import GlueTask, format_glue_table, get_task, load_glue, write_submission
-from hf_lln.glue.arguments import add_glue_arguments, check_glue_arguments, data_files, task_arguments
-from hf_lln.glue.finetune import (
+from hf_lln.recipes.glue import GlueTask, format_glue_table, get_task, load_glue, write_submission
+from hf_lln.recipes.glue.arguments import add_glue_arguments, check_glue_arguments, data_files, task_arguments
+from hf_lln.recipes.glue.finetune import (
     card_fields,
     evaluate_splits,
     load_classifier,
@@ -37,7 +37,7 @@ from hf_lln.glue.finetune import (
     predict,
     tokenize_splits,
 )
-from hf_lln.training import (
+from hf_lln.recipes.training import (
     add_training_arguments,
     apply_memory_options,
     check_checkpoint_model,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_lln.mlm import (
+from hf_lln.recipes.mlm import (
     MaskedLanguageModeling,
     add_mlm_arguments,
     build_model,
@@ -33,7 +33,7 @@ from hf_lln.mlm import (
     tokenize_for_mlm,
     tokenizer_for_run,
 )
-from hf_lln.training import (
+from hf_lln.recipes.training import (
     add_training_arguments,
     apply_memory_options,
     check_checkpoint_model,

@@ -45,7 +45,7 @@ def run(output_dir: Path, *flags: str) -> dict:
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> Path:
     """The first 300 paragraphs of the bundled corpus as a local text file: quicker to tokenise."""
-    from hf_lln.mlm import load_default_corpus
+    from hf_lln.recipes.mlm import load_default_corpus
 
     path = tmp_path_factory.mktemp("data") / "train.txt"
     path.write_text("\n".join(load_default_corpus()["text"][:300]) + "\n")

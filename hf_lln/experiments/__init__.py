@@ -1,0 +1,1 @@
+"""Experiment harnesses: benchmarks, the quality comparison and the paper's analysis instruments."""

@@ -1,0 +1,1 @@
+"""Training recipes: MLM pretraining and GLUE fine-tuning, with the training loop they share."""
