@@ -6,7 +6,7 @@
 classes, so ``AutoModel*.from_pretrained`` of a saved LLN folder gives the LLN class.
 """
 
-from hf_lln.integration import ATTENTION_VARIANTS, register_attention_variants
+from hf_lln.integration import register_attention_variants
 from hf_lln.models import (
     LLNBertConfig,
     LLNBertForMaskedLM,
@@ -24,6 +24,7 @@ from hf_lln.models import (
     LLNRobertaModel,
     register_auto_classes,
 )
+from hf_lln.variants import ATTENTION_VARIANTS
 
 register_attention_variants()
 register_auto_classes()

@@ -22,18 +22,12 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from hf_lln.hub import write_model_card
-from hf_lln.integration.attention import ATTENTION_VARIANTS, LLN_CONFIG_DEFAULTS
-from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
+from hf_lln.models.configuration_lln import LLN_SETTINGS_DEFAULTS, lln_config_from, position_offset
 from hf_lln.models.modeling_lln import AUTO_MODEL_CLASSES
 from hf_lln.ops.lln_diag import MIX_MODES
 from hf_lln.ops.moments import STATS_MODES
+from hf_lln.variants import ATTENTION_VARIANTS
 
-LLN_CONFIG_CLASSES = {
-    "bert": LLNBertConfig,
-    "roberta": LLNRobertaConfig,
-    "lln_bert": LLNBertConfig,
-    "lln_roberta": LLNRobertaConfig,
-}
 # Checkpoint heads without an LLN class whose weights are a superset of one that has.
 HEAD_ALIASES = {"ForPreTraining": "ForMaskedLM"}
 
@@ -47,22 +41,6 @@ class ConversionReport:
     new_lln_weights: list[str]
     unused_weights: list[str]
     max_position_embeddings: int
-
-
-def lln_config_from(config: PreTrainedConfig, **lln_settings) -> PreTrainedConfig:
-    """The LLN config equal to a stock (or LLN) BERT/RoBERTa ``config`` with ``lln_*`` fields set from
-    ``lln_settings`` (the others keep their values or defaults)."""
-    if config.model_type not in LLN_CONFIG_CLASSES:
-        raise ValueError(
-            f"config must be a BERT or RoBERTa config (model_type one of {sorted(LLN_CONFIG_CLASSES)}), got {config.model_type!r}"
-        )
-    unknown = set(lln_settings) - set(LLN_CONFIG_DEFAULTS)
-    if unknown:
-        raise ValueError(
-            f"unknown LLN settings {sorted(unknown)}; expected some of {sorted(LLN_CONFIG_DEFAULTS)}"
-        )
-    values = {key: value for key, value in config.to_dict().items() if key not in ("model_type", "auto_map")}
-    return LLN_CONFIG_CLASSES[config.model_type](**{**values, **lln_settings})
 
 
 def lln_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
@@ -79,11 +57,6 @@ def lln_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
             f"architecture {architecture!r} has no LLN class; supported heads: {', '.join(heads)}"
         )
     return classes[auto_name]
-
-
-def position_offset(config: PreTrainedConfig) -> int:
-    """Position-table rows before the first token: RoBERTa counts positions from ``pad_token_id + 1``."""
-    return config.pad_token_id + 1 if "roberta" in config.model_type else 0
 
 
 def extend_position_embeddings(model: PreTrainedModel, max_tokens: int) -> PreTrainedModel:
@@ -113,7 +86,7 @@ def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    variant: str = LLN_CONFIG_DEFAULTS["lln_variant"],
+    variant: str = LLN_SETTINGS_DEFAULTS["lln_variant"],
     max_position: int | None = None,
     **lln_settings,
 ) -> ConversionReport:
@@ -176,13 +149,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("src", help="softmax checkpoint: a folder or a Hub model id")
     parser.add_argument("dst", help="new folder for the LLN checkpoint")
-    parser.add_argument("--variant", choices=ATTENTION_VARIANTS, default=LLN_CONFIG_DEFAULTS["lln_variant"])
+    parser.add_argument("--variant", choices=ATTENTION_VARIANTS, default=LLN_SETTINGS_DEFAULTS["lln_variant"])
     parser.add_argument(
         "--max-position", type=int, help="longest input in tokens (extends the position table)"
     )
     parser.add_argument("--block-size", type=int, help="LLN+Diag softmax block size (default: head size)")
-    parser.add_argument("--mix-mode", choices=MIX_MODES, default=LLN_CONFIG_DEFAULTS["lln_mix_mode"])
-    parser.add_argument("--stats", choices=STATS_MODES, default=LLN_CONFIG_DEFAULTS["lln_stats"])
+    parser.add_argument("--mix-mode", choices=MIX_MODES, default=LLN_SETTINGS_DEFAULTS["lln_mix_mode"])
+    parser.add_argument("--stats", choices=STATS_MODES, default=LLN_SETTINGS_DEFAULTS["lln_stats"])
     parser.set_defaults(func=run)
 
 

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from hf_lln import ops
-from hf_lln.experiments.benchmark import BenchConfig, _op_floor_bytes, copy_bandwidth, peak_memory_bytes, time_call
+from hf_lln.experiments.benchmark import (
+    BenchConfig,
+    _op_floor_bytes,
+    copy_bandwidth,
+    peak_memory_bytes,
+    time_call,
+)
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
 

@@ -31,8 +31,8 @@ from accelerate import Accelerator
 from transformers import AttentionInterface, AttentionMaskInterface, AutoModelForMaskedLM
 
 from hf_lln.integration.attention import key_padding_mask
-from hf_lln.recipes.mlm import PRESETS, position_offset, preset_config
-from hf_lln.recipes.mlm.model import config_for_attention
+from hf_lln.models.configuration_lln import config_for_attention, position_offset
+from hf_lln.recipes.mlm import PRESETS, preset_config
 from hf_lln.recipes.training import LOG_HISTORY_FILE, decay_parameter_groups
 
 MASK_SHARE = 0.15

@@ -56,15 +56,16 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hf_lln.integration import ATTENTION_VARIANTS
+from hf_lln.models.configuration_lln import LLN_SETTINGS_DEFAULTS
+from hf_lln.variants import ATTENTION_VARIANTS, VARIANTS
 
 SUITES = ("ops", "models", "encode_lookup")
 PASSES = ("forward", "forward_backward")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SOFTMAX_IMPLEMENTATIONS = ("eager", "sdpa")
+# The softmax rows this harness times: the written-out formula and PyTorch's fused kernels.
+TIMED_SOFTMAX = ("eager", "sdpa")
 ENCODE_LOOKUP_VARIANTS = ("lln", "cheap_linear")
 OP_HEADS, OP_HEAD_DIM = 12, 64
-PERFORMER_FEATURES = 256
 CSV_FIELDS = (
     "suite",
     "device",
@@ -97,7 +98,7 @@ class BenchConfig:
     out: Path
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     suites: tuple[str, ...] = SUITES
-    variants: tuple[str, ...] = SOFTMAX_IMPLEMENTATIONS + ATTENTION_VARIANTS
+    variants: tuple[str, ...] = TIMED_SOFTMAX + ATTENTION_VARIANTS
     dtypes: tuple[str, ...] = tuple(DTYPES)
     passes: tuple[str, ...] = PASSES
     seq_lens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -113,7 +114,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         _check_subset("suites", self.suites, SUITES)
-        _check_subset("variants", self.variants, SOFTMAX_IMPLEMENTATIONS + ATTENTION_VARIANTS)
+        _check_subset("variants", self.variants, TIMED_SOFTMAX + ATTENTION_VARIANTS)
         _check_subset("dtypes", self.dtypes, tuple(DTYPES))
         _check_subset("passes", self.passes, PASSES)
         _check_subset("model_sizes", self.model_sizes, tuple(MODEL_SIZES))
@@ -247,20 +248,16 @@ def softmax_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 
 def op_functions(device: torch.device, seed: int) -> dict[str, Callable[..., torch.Tensor]]:
-    """Every benchmarked attention op as ``fn(q, k, v) -> out`` on ``(batch, heads, seq, head_dim)``."""
-    from hf_lln import ops
-
-    projection = ops.performer_projection(PERFORMER_FEATURES, OP_HEAD_DIM, seed=seed, device=device)
-    return {
-        "eager": softmax_eager,
-        "sdpa": F.scaled_dot_product_attention,
-        "lln": ops.lln_attention,
-        "lln_diag": ops.lln_diag_attention,
-        "cheap_linear": ops.cheap_linear_attention,
-        "linear_elu": ops.linear_elu_attention,
-        "performer": lambda q, k, v: ops.performer_attention(q, k, v, projection=projection),
-        "cosformer": ops.cosformer_attention,
-    }
+    """Every benchmarked attention op as ``fn(q, k, v) -> out`` on ``(batch, heads, seq, head_dim)``: the softmax
+    rows and each registered variant with the default config's options (Performer's projection seeded ``seed``)."""
+    functions = {"eager": softmax_eager, "sdpa": F.scaled_dot_product_attention}
+    settings = {**LLN_SETTINGS_DEFAULTS, "lln_performer_seed": seed}
+    for name, variant in VARIANTS.items():
+        options = variant.options(settings, OP_HEAD_DIM, 0)
+        if "projection" in options:
+            options["projection"] = options["projection"].to(device)
+        functions[name] = functools.partial(variant.op, **options)
+    return functions
 
 
 def _op_floor_bytes(

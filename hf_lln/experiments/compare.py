@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from hf_lln.convert import lln_config_from
-from hf_lln.recipes.glue import GLUE_TASKS, get_task, resolve_task_names, task_score
-from hf_lln.integration.attention import ATTENTION_VARIANTS
-from hf_lln.recipes.mlm import preset_config
+from hf_lln.models.configuration_lln import lln_config_from
 from hf_lln.ops.lln_diag import MIX_MODES
 from hf_lln.ops.moments import STATS_MODES
+from hf_lln.recipes.glue import GLUE_TASKS, get_task, resolve_task_names, task_score
+from hf_lln.recipes.mlm import preset_config
 from hf_lln.recipes.training import find_checkpoint
+from hf_lln.variants import ATTENTION_VARIANTS, VARIANTS, check_attn_implementation, is_softmax
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_MLM = REPO_ROOT / "scripts" / "run_mlm.py"
@@ -48,14 +48,11 @@ RUN_GLUE = REPO_ROOT / "scripts" / "run_glue.py"
 RESULTS_FILE = "all_results.json"
 LOG_HISTORY_FILE = "log_history.json"
 
-SOFTMAX_ATTENTIONS = ("sdpa", "eager")
-DEFAULT_ATTENTIONS = ("sdpa", "lln", "lln_diag", "cheap_linear", "linear_elu", "performer", "cosformer")
+DEFAULT_ATTENTIONS = ("sdpa", *ATTENTION_VARIANTS)
 TRACKS = ("scratch", "converted")
 STAGES = ("convert", "pretrain", "finetune")
 PRETRAIN_SEED = 0
 
-# The lln_* config fields each variant reads (hf_lln.integration.attention); only these are swept per variant.
-SETTINGS_READ = {"lln": ("lln_stats",), "lln_diag": ("lln_stats", "lln_mix_mode", "lln_block_size")}
 SETTING_LABELS = {"lln_stats": "stats", "lln_mix_mode": "mix", "lln_block_size": "block"}
 CONVERT_FLAGS = {"lln_stats": "--stats", "lln_mix_mode": "--mix-mode", "lln_block_size": "--block-size"}
 
@@ -179,14 +176,15 @@ class Arm:
 
     @property
     def is_softmax(self) -> bool:
-        return self.attention in SOFTMAX_ATTENTIONS
+        return is_softmax(self.attention)
 
 
 def make_arms(attentions: Sequence[str], sweep: Mapping[str, Sequence[str | int] | None]) -> list[Arm]:
-    """One arm per attention and combination of the swept settings that attention reads."""
+    """One arm per attention and combination of the swept settings that attention reads (``hf_lln.variants``)."""
     arms = []
     for attention in attentions:
-        keys = [key for key in SETTINGS_READ.get(attention, ()) if sweep.get(key)]
+        read = VARIANTS[attention].settings if attention in VARIANTS else ()
+        keys = [key for key in read if sweep.get(key)]
         for values in itertools.product(*(sweep[key] for key in keys)):
             arms.append(Arm(attention, tuple(zip(keys, values, strict=True))))
     return arms
@@ -363,12 +361,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(
             f"compare drives scripts/run_mlm.py and scripts/run_glue.py, missing under {REPO_ROOT}"
         )
-    known = (*SOFTMAX_ATTENTIONS, *ATTENTION_VARIANTS)
-    unknown = [name for name in args.attentions if name not in known]
-    if unknown or len(set(args.attentions)) != len(args.attentions):
-        raise ValueError(
-            f"--attentions: expected distinct names among {', '.join(known)}, got {args.attentions}"
-        )
+    for name in args.attentions:
+        check_attn_implementation(name, "--attentions")
+    if len(set(args.attentions)) != len(args.attentions):
+        raise ValueError(f"--attentions: expected distinct names, got {args.attentions}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if args.lln_block_size and min(args.lln_block_size) < 1:

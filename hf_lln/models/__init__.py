@@ -1,40 +1,40 @@
-"""LLN configs and model classes for BERT and RoBERTa, and their Auto registration."""
+"""LLN configs and model classes for BERT and RoBERTa, and their Auto registration.
 
-from hf_lln.models.auto import register_auto_classes
-from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
-from hf_lln.models.modeling_lln import (
-    AUTO_MODEL_CLASSES,
-    LLNBertForMaskedLM,
-    LLNBertForMultipleChoice,
-    LLNBertForQuestionAnswering,
-    LLNBertForSequenceClassification,
-    LLNBertForTokenClassification,
-    LLNBertModel,
-    LLNMixWeights,
-    LLNRobertaForMaskedLM,
-    LLNRobertaForMultipleChoice,
-    LLNRobertaForQuestionAnswering,
-    LLNRobertaForSequenceClassification,
-    LLNRobertaForTokenClassification,
-    LLNRobertaModel,
-)
+The names load on first use: the configuration module is read by the attention functions that the model
+module registers, so importing both eagerly here would make them import each other.
+"""
 
-__all__ = [
-    "AUTO_MODEL_CLASSES",
-    "LLNBertConfig",
-    "LLNBertForMaskedLM",
-    "LLNBertForMultipleChoice",
-    "LLNBertForQuestionAnswering",
-    "LLNBertForSequenceClassification",
-    "LLNBertForTokenClassification",
-    "LLNBertModel",
-    "LLNMixWeights",
-    "LLNRobertaConfig",
-    "LLNRobertaForMaskedLM",
-    "LLNRobertaForMultipleChoice",
-    "LLNRobertaForQuestionAnswering",
-    "LLNRobertaForSequenceClassification",
-    "LLNRobertaForTokenClassification",
-    "LLNRobertaModel",
-    "register_auto_classes",
-]
+import importlib
+
+_HOMES = {
+    "LLNBertConfig": "configuration_lln",
+    "LLNRobertaConfig": "configuration_lln",
+    "register_auto_classes": "auto",
+    **{
+        name: "modeling_lln"
+        for name in (
+            "AUTO_MODEL_CLASSES",
+            "LLNMixWeights",
+            "LLNBertModel",
+            "LLNBertForMaskedLM",
+            "LLNBertForMultipleChoice",
+            "LLNBertForQuestionAnswering",
+            "LLNBertForSequenceClassification",
+            "LLNBertForTokenClassification",
+            "LLNRobertaModel",
+            "LLNRobertaForMaskedLM",
+            "LLNRobertaForMultipleChoice",
+            "LLNRobertaForQuestionAnswering",
+            "LLNRobertaForSequenceClassification",
+            "LLNRobertaForTokenClassification",
+        )
+    },
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

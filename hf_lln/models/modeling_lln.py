@@ -4,7 +4,7 @@ Each class subclasses its stock class (same modules, same weight names, so softm
 through ``LLNModelMixin``, which adds three things: the default attention implementation comes from
 ``config.lln_variant``; with a learnable ``lln_mix_mode`` every self-attention module gets an ``lln_mix``
 (``LLNMixWeights``) holding the LLN+Diag mix weights, saved with the model; and ``save_pretrained`` writes the
-remote code (``hf_lln.hub.export_remote_code``) so that ``trust_remote_code=True`` loads the folder without
+remote code (``hf_lln.remote_code.export_remote_code``) so that ``trust_remote_code=True`` loads the folder without
 hf_lln installed.
 """
 
@@ -32,9 +32,15 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertSelfAttention
 from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
 
-from hf_lln.hub import export_remote_code, push_folder_to_hub
 from hf_lln.integration.attention import register_attention_variants
 from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
+
+# Writing remote code and uploading are hf_lln's, not the model's: a folder's remote-code copy of this module
+# carries neither (hf_lln.remote_code), and there Transformers' own save and upload take over.
+try:
+    from hf_lln import hub, remote_code
+except ImportError:
+    hub = remote_code = None
 
 # The classes below default to these implementations, so they must be registered wherever the classes are.
 register_attention_variants()
@@ -92,6 +98,8 @@ class LLNModelMixin:
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """``PreTrainedModel.save_pretrained``, plus the remote code and its ``auto_map`` in ``config.json``; with
         ``push_to_hub=True`` the folder is uploaded after both are written (``repo_id`` defaults to its name)."""
+        if remote_code is None:  # the remote-code copy: Transformers copies its own files
+            return super().save_pretrained(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
         hub_kwargs = {
             key: kwargs.pop(key)
             for key in ("repo_id", "commit_message", "create_pr", "private")
@@ -104,10 +112,10 @@ class LLNModelMixin:
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            export_remote_code(save_directory, type(self))
+            remote_code.export_remote_code(save_directory, type(self))
             if push_to_hub:
                 repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-                push_folder_to_hub(save_directory, repo_id, token=kwargs.get("token"), **hub_kwargs)
+                hub.push_folder_to_hub(save_directory, repo_id, token=kwargs.get("token"), **hub_kwargs)
 
 
 class LLNBertModel(LLNModelMixin, BertModel):

@@ -35,6 +35,13 @@ def block_diag_attention(
         check_positive_int("block_size", block_size)
     check_scale(scale)
     check_dropout(dropout_p)
+    return block_diag_torch(
+        q, k, v, mask, block_size=block_size, causal=causal, scale=scale, dropout_p=dropout_p
+    )
+
+
+def block_diag_torch(q, k, v, mask=None, *, block_size=None, causal=False, scale=None, dropout_p=0.0):
+    """``block_diag_attention`` on inputs already validated (the PyTorch path, through SDPA)."""
     batch, heads, seq, head_dim = q.shape
     block = head_dim if block_size is None else block_size
     pad = (-seq) % block

@@ -1,65 +1,96 @@
-"""Choice between the fused GPU kernels (``hf_lln.ops.triton``) and the PyTorch paths.
+"""The one decision per call between the fused GPU kernels (``hf_lln.ops.triton``) and the PyTorch paths.
 
-``HF_LLN_KERNELS`` (environment) or the ``use_kernels`` context manager picks the mode:
-``"auto"`` (default) uses the fused kernels where they support the call and falls back to PyTorch elsewhere;
+``HF_LLN_KERNELS`` (environment, read when this module is imported) or the ``use_kernels`` context manager picks
+the mode: ``"auto"`` (default) uses the fused kernels where they support the call and PyTorch elsewhere;
 ``"triton"`` requires them (an unsupported call raises); ``"torch"`` never uses them.
+
+Each public operator validates its inputs, then calls :func:`choose_backend` once and runs that backend's
+implementation directly, so no part of a call decides again. :func:`explain_backend` tells a user which path a
+call would take and why; the choice is also logged at DEBUG level (``logging.getLogger("hf_lln.ops.dispatch")``)
+outside of ``torch.compile``.
+
+The mode is a plain module global rather than a context variable: ``torch.compile`` reads a global as a guarded
+constant, whereas ``ContextVar.get`` breaks the graph. ``use_kernels`` is therefore process-wide, not per thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import logging
 import os
-from types import ModuleType
+
+import torch
 
 from hf_lln.ops._checks import check_choice
 
+# The remote-code copy of a saved model carries no kernels (``hf_lln.remote_code``): there this import fails.
+try:
+    from hf_lln.ops import triton as triton_kernels
+except ImportError:
+    triton_kernels = None
+
 KERNEL_MODES = ("auto", "triton", "torch")
 KERNELS_ENV = "HF_LLN_KERNELS"
+BACKENDS = ("triton", "torch")
 
-_mode_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "hf_lln_kernel_mode", default=None
-)
+logger = logging.getLogger(__name__)
+
+_env_mode = os.environ.get(KERNELS_ENV, "auto")
+check_choice(KERNELS_ENV, _env_mode, KERNEL_MODES)
+_forced_mode: str | None = None
 
 
 def kernel_mode() -> str:
-    mode = _mode_override.get() or os.environ.get(KERNELS_ENV, "auto")
-    check_choice(KERNELS_ENV, mode, KERNEL_MODES)
-    return mode
+    """The mode in force: ``use_kernels``'s if inside one, else ``HF_LLN_KERNELS``'s, else ``"auto"``."""
+    return _forced_mode or _env_mode
 
 
 @contextlib.contextmanager
 def use_kernels(mode: str):
-    """``with use_kernels("torch"): ...`` forces one path inside the block."""
+    """``with use_kernels("torch"): ...`` forces one path inside the block (process-wide)."""
+    global _forced_mode
     check_choice("mode", mode, KERNEL_MODES)
-    token = _mode_override.set(mode)
+    previous, _forced_mode = _forced_mode, mode
     try:
         yield
     finally:
-        _mode_override.reset(token)
+        _forced_mode = previous
 
 
-def fused_kernels(
-    q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None
-) -> ModuleType | None:
-    """The fused-kernel module when it should run this call, else None (use the PyTorch path)."""
+def explain_backend(
+    variant: str, q, k, v, mask=None, *, causal: bool = False, dropout_p: float = 0.0, block_size=None
+) -> tuple[str, str]:
+    """``(backend, reason)``: the path ``variant``'s operator takes for these inputs (``"triton"`` or
+    ``"torch"``) and why. Raises ``RuntimeError`` where ``HF_LLN_KERNELS=triton`` cannot be honoured."""
     mode = kernel_mode()
-    if mode == "torch" or (mode == "auto" and not q.is_cuda):
-        return None
-    try:
-        from hf_lln.ops import triton as fused
-    except ImportError:
-        fused = None
-    supported = (
-        fused is not None
-        and fused.is_available()
-        and fused.supports(q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size)
-    )
-    if supported:
-        return fused
+    if mode == "torch":
+        return "torch", f"{KERNELS_ENV}=torch"
+    if mode == "auto" and not q.is_cuda:
+        return "torch", f"inputs on {q.device.type}, the fused kernels need CUDA"
+    if triton_kernels is None:
+        reason = "this copy of hf_lln carries no fused kernels"
+    else:
+        reason = triton_kernels.fused_unsupported_reason(
+            variant, q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size
+        )
+    if reason is None and not triton_kernels.is_available():
+        reason = "triton is not installed or no CUDA device is present"
+    if reason is None:
+        return "triton", "the fused kernels support this call"
     if mode == "triton":
         raise RuntimeError(
-            f"{KERNELS_ENV}=triton but the fused kernels do not support this call (device {q.device}, dtype "
-            f"{q.dtype}, shape {tuple(q.shape)}, causal={causal}, dropout_p={dropout_p})"
+            f"{KERNELS_ENV}=triton but the fused {variant} kernels cannot run this call: {reason}"
         )
-    return None
+    return "torch", reason
+
+
+def choose_backend(
+    variant: str, q, k, v, mask=None, *, causal: bool = False, dropout_p: float = 0.0, block_size=None
+) -> str:
+    """``"triton"`` or ``"torch"`` for one call of ``variant``'s operator on validated inputs."""
+    backend, reason = explain_backend(
+        variant, q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size
+    )
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s: %s path (%s)", variant, backend, reason)
+    return backend

@@ -25,7 +25,7 @@ from hf_lln.ops._checks import (
     check_tensor,
     compute_dtype,
 )
-from hf_lln.ops.dispatch import fused_kernels
+from hf_lln.ops.dispatch import choose_backend, triton_kernels
 from hf_lln.ops.linear import exp_feature_attention
 from hf_lln.ops.moments import STATS_MODES, lln_feature_scales, query_key_std, token_std
 
@@ -65,9 +65,13 @@ def lln_attention(
     the normaliser, which is at least 1 for any row with a visible key, so it only turns empty rows into zeros.
     """
     check_lln_args(q, k, v, mask, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size)
-    fused = fused_kernels(q, k, v, mask, causal=causal, dropout_p=0.0)
-    if fused is not None:
-        return fused.lln_attention(q, k, v, mask, scale=scale, eps=eps, stats=stats)
+    if choose_backend("lln", q, k, v, mask, causal=causal) == "triton":
+        return triton_kernels.fused_lln_attention(q, k, v, mask, scale=scale, eps=eps, stats=stats)
+    return lln_torch(q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size)
+
+
+def lln_torch(q, k, v, mask=None, *, causal=False, scale=None, eps=1e-6, stats="per_sequence", chunk_size=64):
+    """``lln_attention``'s PyTorch path on inputs already validated."""
     in_dtype, dtype = q.dtype, compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     alpha, beta = lln_scales(q, k, mask, scale=scale, stats=stats)

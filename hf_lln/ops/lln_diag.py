@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from hf_lln.ops._checks import check_choice, check_dropout, check_positive_int, check_tensor, compute_dtype
-from hf_lln.ops.block_diag import block_diag_attention
-from hf_lln.ops.dispatch import fused_kernels
-from hf_lln.ops.lln import check_lln_args, lln_attention
+from hf_lln.ops.block_diag import block_diag_torch
+from hf_lln.ops.dispatch import choose_backend, triton_kernels
+from hf_lln.ops.lln import check_lln_args, lln_torch
 
 MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 
@@ -75,9 +75,9 @@ def lln_diag_attention(
     if block_size is not None:
         check_positive_int("block_size", block_size)
     check_dropout(dropout_p)
-    fused = fused_kernels(q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size)
-    if fused is not None:
-        return fused.lln_diag_attention(
+    options = {"causal": causal, "dropout_p": dropout_p, "block_size": block_size}
+    if choose_backend("lln_diag", q, k, v, mask, **options) == "triton":
+        return triton_kernels.fused_lln_diag_attention(
             q,
             k,
             v,
@@ -90,10 +90,10 @@ def lln_diag_attention(
             eps=eps,
             stats=stats,
         )
-    lln_out = lln_attention(
+    lln_out = lln_torch(
         q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size
     )
-    diag_out = block_diag_attention(
+    diag_out = block_diag_torch(
         q, k, v, mask, block_size=block_size, causal=causal, scale=scale, dropout_p=dropout_p
     )
     dtype = compute_dtype(q.dtype)

@@ -2,8 +2,9 @@
 
 Every function builds the full ``(batch, heads, seq, seq)`` attention matrix, so it is for tests and analysis on
 short sequences only. ``visible[b, i, j]`` is True where query i may use key j (a real key, and j <= i when
-causal); rows with no visible key give zeros. Nothing here is shared with the fast paths except the
-moment-matching scales of LLN, which are the definition of alpha and beta.
+causal); rows with no visible key give zeros. Nothing here imports the fast paths: the only import from the
+package is the table of moment-matching constants ``(a, b)`` per head size, which is data, not code, and
+defines LLN's alpha and beta.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf_lln.ops.lln import lln_scales
-from hf_lln.ops.lln_diag import mix_outputs
+from hf_lln.ops.moments import MIN_STD, moment_constants
 
 
 def visible_keys(mask: torch.Tensor | None, batch: int, seq: int, causal: bool, device) -> torch.Tensor:
@@ -43,11 +43,40 @@ def softmax_rows(logits: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     return torch.where(visible.any(dim=-1, keepdim=True), probs, torch.zeros_like(probs))
 
 
+def moment_matched_scales(q, k, mask=None, *, scale=None, stats="per_sequence"):
+    """LLN's ``alpha, beta: (batch, heads, 1, 1)``, stated plainly: with the unbiased standard deviations
+    ``s_q, s_k`` of q and k (per sequence and head over real tokens and all channels, or over the whole tensor
+    for ``stats="global"``), ``s~^2 = max(0, (s_q^2 s_k^2 d scale^2 - b) / (2a))``, ``alpha = s~/s_q``,
+    ``beta = s~/s_k``; no gradient flows through them."""
+    head_dim = q.shape[-1]
+    scale = head_dim**-0.5 if scale is None else scale
+
+    def std(x):
+        x = x.detach()
+        if stats == "global":
+            return x.std().expand(x.shape[0], x.shape[1])
+        rows = [
+            [x[b, h][mask[b]] if mask is not None else x[b, h] for h in range(x.shape[1])]
+            for b in range(x.shape[0])
+        ]
+        return torch.stack(
+            [
+                torch.stack([r.std() if r.numel() > 1 else torch.zeros((), dtype=x.dtype) for r in row])
+                for row in rows
+            ]
+        ).to(x.device)
+
+    a, b = moment_constants(head_dim)
+    s_q, s_k = std(q).clamp_min(MIN_STD), std(k).clamp_min(MIN_STD)
+    matched = (((s_q * s_k) ** 2 * head_dim * scale**2 - b) / (2 * a)).clamp_min(0).sqrt()
+    return (matched / s_q)[..., None, None], (matched / s_k)[..., None, None]
+
+
 def lln_matrix(q, k, mask=None, *, causal=False, scale=None, stats="per_sequence") -> torch.Tensor:
     """LLN attention probabilities ``(batch, heads, seq, seq)``:
     ``P_ij = softmax_j(logsumexp_c(alpha q_ic + beta k_jc))``, i.e. ``A_ij = Σ_c exp(alpha q_ic) exp(beta k_jc)``
     normalised over the visible keys."""
-    alpha, beta = lln_scales(q, k, mask, scale=scale, stats=stats)
+    alpha, beta = moment_matched_scales(q, k, mask, scale=scale, stats=stats)
     logits = torch.logsumexp((alpha * q).unsqueeze(3) + (beta * k).unsqueeze(2), dim=-1)
     return softmax_rows(logits, visible_keys(mask, q.shape[0], q.shape[2], causal, q.device))
 
@@ -71,6 +100,13 @@ def dense_block_diag(q, k, v, mask=None, *, block_size=None, causal=False, scale
     return block_diag_matrix(q, k, mask, block_size=block_size, causal=causal, scale=scale) @ v
 
 
+def lln_diag_matrix(q, k, mask=None, *, block_size=None, causal=False, scale=None, stats="per_sequence"):
+    """LLN+Diag's ``average`` mix ``(P_lln + P_block_diag) / 2``: the mean of two row-stochastic matrices (the
+    learnable mixes weigh each output channel, so they have no single matrix)."""
+    lln = lln_matrix(q, k, mask, causal=causal, scale=scale, stats=stats)
+    return (lln + block_diag_matrix(q, k, mask, block_size=block_size, causal=causal, scale=scale)) / 2
+
+
 def dense_lln_diag(
     q,
     k,
@@ -88,9 +124,15 @@ def dense_lln_diag(
     dropout_p=0.0,
     chunk_size=64,
 ):
+    """``average``: ``(LLN + Diag) / 2``; ``learnable_scale``: ``r LLN + p Diag``; ``learnable_ratio``:
+    ``r LLN + (1 - r) Diag``, with ``r = lln_weight``, ``p = diag_weight``: ``(heads, v_dim)``."""
     lln_out = dense_lln(q, k, v, mask, causal=causal, scale=scale, stats=stats)
     diag_out = dense_block_diag(q, k, v, mask, block_size=block_size, causal=causal, scale=scale)
-    return mix_outputs(lln_out, diag_out, mix, lln_weight, diag_weight)
+    if mix == "average":
+        return (lln_out + diag_out) / 2
+    r = lln_weight[:, None, :].to(lln_out.dtype)
+    p = diag_weight[:, None, :].to(lln_out.dtype) if mix == "learnable_scale" else 1 - r
+    return r * lln_out + p * diag_out
 
 
 def cheap_linear_matrix(q, k, mask=None, *, causal=False, scale=None) -> torch.Tensor:

@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 
-from hf_lln.experiments.benchmark import BenchConfig, LiveTensorBytes, run_benchmark
 from hf_lln.cli import build_parser
+from hf_lln.experiments.benchmark import BenchConfig, LiveTensorBytes, run_benchmark
 
 
 def test_every_suite_writes_csv_rows_and_plots(tmp_path):

@@ -12,7 +12,6 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import BertConfig, RobertaConfig
 
 import hf_lln
-from hf_lln.convert import lln_config_from
 from hf_lln.models import (
     AUTO_MODEL_CLASSES,
     LLNBertConfig,
@@ -20,6 +19,7 @@ from hf_lln.models import (
     LLNBertModel,
     LLNRobertaConfig,
 )
+from hf_lln.models.configuration_lln import lln_config_from
 from tests._tiny import TINY
 
 STOCK_CONFIGS = {"lln_bert": BertConfig, "lln_roberta": RobertaConfig}

@@ -6,6 +6,7 @@ import torch
 
 from hf_lln import ops
 from hf_lln.ops import reference
+from hf_lln.variants import VARIANTS
 
 
 def _mix_weights(mode: str, heads: int, v_dim: int, dtype, seed: int = 0) -> dict:
@@ -31,31 +32,18 @@ def variant_kwargs(name: str, heads: int, head_dim: int, v_dim: int, dtype) -> d
     return {}
 
 
-FAST = {
-    "lln": ops.lln_attention,
-    "block_diag": ops.block_diag_attention,
-    "block_diag_16": ops.block_diag_attention,
-    "lln_diag_average": ops.lln_diag_attention,
-    "lln_diag_learnable_scale": ops.lln_diag_attention,
-    "lln_diag_learnable_ratio": ops.lln_diag_attention,
-    "cheap_linear": ops.cheap_linear_attention,
-    "linear_elu": ops.linear_elu_attention,
-    "performer": ops.performer_attention,
-    "cosformer": ops.cosformer_attention,
+# Every registered variant, the block-diagonal softmax LLN+Diag mixes in, and LLN+Diag in each mix mode.
+_EXTRA = {
+    "block_diag": (ops.block_diag_attention, reference.dense_block_diag),
+    "block_diag_16": (ops.block_diag_attention, reference.dense_block_diag),
+    **{f"lln_diag_{mode}": (ops.lln_diag_attention, reference.dense_lln_diag) for mode in ops.MIX_MODES},
 }
-
-DENSE = {
-    "lln": reference.dense_lln,
-    "block_diag": reference.dense_block_diag,
-    "block_diag_16": reference.dense_block_diag,
-    "lln_diag_average": reference.dense_lln_diag,
-    "lln_diag_learnable_scale": reference.dense_lln_diag,
-    "lln_diag_learnable_ratio": reference.dense_lln_diag,
-    "cheap_linear": reference.dense_cheap_linear,
-    "linear_elu": reference.dense_linear_elu,
-    "performer": reference.dense_performer,
-    "cosformer": reference.dense_cosformer,
+_PAIRS = {
+    **{name: (row.op, row.reference) for name, row in VARIANTS.items() if name != "lln_diag"},
+    **_EXTRA,
 }
+FAST = {name: pair[0] for name, pair in _PAIRS.items()}
+DENSE = {name: pair[1] for name, pair in _PAIRS.items()}
 
 NAMES = tuple(FAST)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
+from hf_lln.models.configuration_lln import config_for_attention
 from hf_lln.recipes.mlm import preset_config
-from hf_lln.recipes.mlm.model import config_for_attention
 from tests.scripts import load_script
 
 

@@ -4,7 +4,7 @@ Forward hooks on every self-attention module's ``query``, ``key`` and ``value`` 
 attention function receives (BERT and RoBERTa apply no rotary embedding, so the projections are the
 inputs), and a hook on the module itself records what the attention function returned, whatever
 ``attn_implementation`` the model runs with. :func:`matrix_settings` reads the knobs the registered variants
-take from the model config (``lln_*`` fields, ``hf_lln.integration``), so
+take from the model config (``lln_*`` fields, through ``hf_lln.variants``), so
 ``attention_matrix(variant, q, k, **matrix_settings(...)) @ v`` reproduces the captured output.
 """
 
@@ -14,8 +14,8 @@ import dataclasses
 
 import torch
 
-from hf_lln.integration import LLN_CONFIG_DEFAULTS
-from hf_lln.ops import performer_projection
+from hf_lln.models.configuration_lln import lln_settings
+from hf_lln.variants import VARIANTS
 
 
 @dataclasses.dataclass
@@ -94,20 +94,15 @@ def capture_attention(model: torch.nn.Module, input_ids: torch.Tensor) -> list[L
 
 
 def matrix_settings(model: torch.nn.Module, layer: int) -> dict:
-    """Keyword arguments of ``attention_matrix`` matching how the registered variants run ``layer`` of ``model``.
-
-    ``block_size`` and ``stats`` come from the config's ``lln_block_size`` and ``lln_stats``; the performer
-    projection is the integration's fixed one for this layer (seed ``lln_performer_seed + layer``).
-    """
-    config = model.config
-
-    def setting(name):
-        return getattr(config, name, LLN_CONFIG_DEFAULTS[name])
-
+    """Keyword arguments of ``attention_matrix`` matching how the registered variants run ``layer`` of ``model``:
+    each variant's options from the config (``hf_lln.variants``), restricted to what its matrix takes (the
+    block size and statistics, and the layer's fixed Performer projection)."""
     module = self_attention_modules(model)[layer]
-    head_dim = module.attention_head_size
+    settings = lln_settings(model.config)
     layer_index = getattr(module, "layer_idx", None) or 0
-    projection = performer_projection(
-        setting("lln_performer_features"), head_dim, seed=setting("lln_performer_seed") + layer_index
-    )
-    return {"block_size": setting("lln_block_size"), "stats": setting("lln_stats"), "projection": projection}
+    merged = {}
+    for variant in VARIANTS.values():
+        merged.update(
+            variant.matrix_options(variant.options(settings, module.attention_head_size, layer_index))
+        )
+    return merged

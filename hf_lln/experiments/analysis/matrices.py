@@ -21,54 +21,39 @@ from __future__ import annotations
 
 import torch
 
-from hf_lln.ops import performer_projection, reference
+from hf_lln.models.configuration_lln import LLN_SETTINGS_DEFAULTS
+from hf_lln.ops.reference import block_diag_matrix
+from hf_lln.variants import ATTENTION_VARIANTS, SOFTMAX_IMPLEMENTATIONS, VARIANTS, check_attn_implementation
 
-SOFTMAX_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-VARIANTS = (
-    "softmax",
-    "lln",
-    "lln_diag",
-    "block_diag",
-    "cheap_linear",
-    "linear_elu",
-    "performer",
-    "cosformer",
-)
-PERFORMER_FEATURES = 256
+# What the analysis can draw: softmax (every Transformers implementation), the registered variants, and the
+# block-diagonal softmax that LLN+Diag mixes in.
+FORMULAS = ("softmax", *ATTENTION_VARIANTS, "block_diag")
 
 
 def variant_of(attn_implementation: str) -> str:
     """The formula an ``attn_implementation`` name computes: softmax for the Transformers built-ins."""
     if attn_implementation in SOFTMAX_IMPLEMENTATIONS:
         return "softmax"
-    if attn_implementation not in VARIANTS:
-        raise ValueError(
-            f"attn_implementation must be one of {SOFTMAX_IMPLEMENTATIONS + VARIANTS[1:]}, got {attn_implementation!r}"
-        )
+    if attn_implementation not in FORMULAS:
+        check_attn_implementation(attn_implementation)
     return attn_implementation
 
 
 def is_row_stochastic(variant: str) -> bool:
     """Whether ``variant``'s matrix is a distribution over keys per query (all but cheap linear)."""
-    return variant_of(variant) != "cheap_linear"
+    name = variant_of(variant)
+    return name not in VARIANTS or VARIANTS[name].row_stochastic
 
 
 def attention_matrix(
-    variant: str,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    scale: float | None = None,
-    block_size: int | None = None,
-    projection: torch.Tensor | None = None,
-    stats: str = "per_sequence",
-) -> torch.Tensor:
+    variant: str, q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None, **options
+):
     """The ``(batch, heads, seq, seq)`` float64 attention matrix of ``variant`` for unpadded, non-causal inputs.
 
-    ``q, k: (batch, heads, seq, head_dim)``; ``variant`` a name of :data:`VARIANTS` or a softmax
-    ``attn_implementation``. ``scale`` defaults to ``head_dim**-0.5``; ``block_size`` (block-diagonal part,
-    default head_dim) and ``stats`` (LLN moment statistics) as in ``hf_lln.ops``; ``projection``
-    ``(features, head_dim)`` for performer, default ``performer_projection(256, head_dim, seed=0)``.
+    ``q, k: (batch, heads, seq, head_dim)``; ``variant`` a registered variant, ``"block_diag"`` or a softmax
+    ``attn_implementation``. ``scale`` defaults to ``head_dim**-0.5``; ``options`` are the variant's keyword
+    arguments (``block_size``, ``stats``, ``projection``: see :func:`hf_lln.experiments.analysis.capture.
+    matrix_settings`), of which each formula takes the ones it names; unnamed ones take the default config's.
     """
     variant = variant_of(variant)
     if q.dim() != 4 or k.shape != q.shape:
@@ -76,23 +61,14 @@ def attention_matrix(
             f"q and k must both have shape (batch, heads, seq, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}"
         )
     q, k = q.detach().to(torch.float64), k.detach().to(torch.float64)
-    head_dim = q.shape[-1]
     if variant == "softmax":
-        scale = head_dim**-0.5 if scale is None else scale
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
         return torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1)
-    if variant == "lln":
-        return reference.lln_matrix(q, k, scale=scale, stats=stats)
     if variant == "block_diag":
-        return reference.block_diag_matrix(q, k, block_size=block_size, scale=scale)
-    if variant == "lln_diag":
-        lln = reference.lln_matrix(q, k, scale=scale, stats=stats)
-        return 0.5 * (lln + reference.block_diag_matrix(q, k, block_size=block_size, scale=scale))
-    if variant == "cheap_linear":
-        return reference.cheap_linear_matrix(q, k, scale=scale)
-    if variant == "linear_elu":
-        return reference.linear_elu_matrix(q, k)
-    if variant == "performer":
-        if projection is None:
-            projection = performer_projection(PERFORMER_FEATURES, head_dim, seed=0)
-        return reference.performer_matrix(q, k, projection=projection, scale=scale)
-    return reference.cosformer_matrix(q, k)
+        return block_diag_matrix(q, k, block_size=options.get("block_size"), scale=scale)
+    row = VARIANTS[variant]
+    # Unnamed options take the values a model with the default config runs with (layer 0's projection).
+    defaults = row.options(LLN_SETTINGS_DEFAULTS, q.shape[-1], 0)
+    options = {**defaults, **{key: value for key, value in options.items() if value is not None}}
+    scale_option = {"scale": scale} if row.takes_scale else {}
+    return row.matrix(q, k, **scale_option, **row.matrix_options(options))

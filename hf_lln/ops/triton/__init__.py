@@ -1,7 +1,8 @@
 """Fused Triton kernels for non-causal LLN and LLN + Diag (optional; triton is imported lazily).
 
-Same functions as ``hf_lln.ops.lln_attention`` / ``hf_lln.ops.lln_diag_attention`` restricted to
-what the kernels handle (``supports``): CUDA tensors of one dtype (float32, bfloat16, float16),
+``fused_lln_attention`` / ``fused_lln_diag_attention`` compute ``hf_lln.ops.lln_attention`` /
+``hf_lln.ops.lln_diag_attention`` restricted to
+what the kernels handle (``fused_unsupported_reason``): CUDA tensors of one dtype (float32, bfloat16, float16),
 ``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` with head_dim and v_dim
 in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float32 tiles overflow shared memory), key
 padding ``mask: (batch, seq)`` bool or None, non-causal, no dropout, diagonal blocks of at most 128
@@ -22,8 +23,6 @@ MAX_BLOCK_SIZE = 128
 # float32 tiles of wider blocks or heads need more shared memory than an H100 has (compiler's report).
 MAX_FLOAT32_BLOCK_SIZE = 64
 MAX_FLOAT32_DIM = 64
-MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
-STATS_MODES = ("per_sequence", "global")
 
 
 @functools.cache
@@ -74,23 +73,25 @@ def _unsupported(q, k, v, mask, causal, dropout_p, block_size) -> str | None:
     return None
 
 
-def supports(q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None) -> bool:
-    """Whether the fused kernels compute these inputs (the dispatcher's test; see module docstring)."""
-    return is_available() and _unsupported(q, k, v, mask, causal, dropout_p, block_size) is None
+FUSED_VARIANTS = ("lln", "lln_diag")
 
 
-def _check(q, k, v, mask, block_size, stats):
-    reason = _unsupported(q, k, v, mask, False, 0.0, block_size)
-    if reason is not None:
-        raise ValueError(reason)
-    if stats not in STATS_MODES:
-        raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+def fused_unsupported_reason(
+    variant: str, q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None
+) -> str | None:
+    """Why the fused kernels cannot run ``variant`` on these inputs, or None when they can (the dispatcher's
+    one test; it does not check that triton and a GPU are present, ``is_available`` does)."""
+    if variant not in FUSED_VARIANTS:
+        return f"{variant} has no fused kernel"
+    if variant == "lln_diag" and block_size is None and isinstance(q, torch.Tensor) and q.dim() == 4:
+        block_size = q.shape[-1]
+    return _unsupported(q, k, v, mask, causal, dropout_p, block_size if variant == "lln_diag" else None)
 
 
-def lln_attention(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequence") -> torch.Tensor:
-    """Non-causal LLN attention. q, k: (batch, heads, seq, head_dim), v: (batch, heads, seq, v_dim),
-    mask: (batch, seq) bool (True = real token) or None -> (batch, heads, seq, v_dim) in q's dtype."""
-    _check(q, k, v, mask, None, stats)
+def fused_lln_attention(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequence") -> torch.Tensor:
+    """Non-causal LLN attention on inputs the dispatcher accepted. q, k: (batch, heads, seq, head_dim),
+    v: (batch, heads, seq, v_dim), mask: (batch, seq) bool (True = real token) or None -> (batch, heads, seq,
+    v_dim) in q's dtype."""
     from hf_lln.ops.triton.functions import fused_lln
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -98,25 +99,17 @@ def lln_attention(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequen
 
 
 def _mix_weights(mix, lln_weight, diag_weight, heads, v_dim, like):
-    """(w_lln, w_diag): (heads, v_dim) float32, differentiable w.r.t. the learnable weights."""
+    """(w_lln, w_diag): (heads, v_dim) float32, differentiable w.r.t. the learnable weights (already checked)."""
     if mix == "average":
         half = torch.full((heads, v_dim), 0.5, dtype=torch.float32, device=like.device)
         return half, half
-    needed = {"learnable_scale": ("lln_weight", "diag_weight"), "learnable_ratio": ("lln_weight",)}[mix]
-    for name in needed:
-        weight = {"lln_weight": lln_weight, "diag_weight": diag_weight}[name]
-        if not isinstance(weight, torch.Tensor) or weight.shape != (heads, v_dim):
-            got = None if weight is None else tuple(weight.shape)
-            raise ValueError(f"mix={mix!r} needs {name} of shape {(heads, v_dim)}, got {got}")
-        if weight.device != like.device:
-            raise ValueError(f"{name} must be on {like.device}, got {weight.device}")
     if mix == "learnable_scale":
         return lln_weight.float().contiguous(), diag_weight.float().contiguous()
     ratio = lln_weight.float()
     return ratio.contiguous(), (1.0 - ratio).contiguous()
 
 
-def lln_diag_attention(
+def fused_lln_diag_attention(
     q,
     k,
     v,
@@ -130,17 +123,15 @@ def lln_diag_attention(
     eps=1e-6,
     stats="per_sequence",
 ) -> torch.Tensor:
-    """LLN mixed with softmax inside diagonal blocks of ``block_size`` tokens (default head_dim).
+    """LLN mixed with softmax inside diagonal blocks of ``block_size`` tokens (default head_dim), on inputs the
+    dispatcher accepted.
 
-    Shapes as ``lln_attention``; ``lln_weight, diag_weight: (heads, v_dim)`` for the learnable mixes
+    Shapes as ``fused_lln_attention``; ``lln_weight, diag_weight: (heads, v_dim)`` for the learnable mixes
     (``learnable_ratio`` uses ``lln_weight`` as the ratio r: r * lln + (1 - r) * diag).
     """
-    if mix not in MIX_MODES:
-        raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
-    block_size = q.shape[-1] if block_size is None else block_size
-    _check(q, k, v, mask, block_size, stats)
     from hf_lln.ops.triton.functions import fused_lln
 
+    block_size = q.shape[-1] if block_size is None else block_size
     w_lln, w_diag = _mix_weights(mix, lln_weight, diag_weight, q.shape[1], v.shape[-1], q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return fused_lln(q, k, v, mask, w_lln, w_diag, block_size=block_size, scale=scale, eps=eps, stats=stats)

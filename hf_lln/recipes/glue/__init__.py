@@ -11,7 +11,14 @@ from hf_lln.recipes.glue.data import glue_features, load_glue, load_glue_files, 
 from hf_lln.recipes.glue.metrics import accuracy, f1, glue_metric, matthews_correlation, pearson, spearman
 from hf_lln.recipes.glue.submission import write_submission
 from hf_lln.recipes.glue.table import format_comparison_table, format_glue_table, glue_score, task_score
-from hf_lln.recipes.glue.tasks import GLUE_TASKS, HUB_DATASET, TASK_GROUPS, GlueTask, get_task, resolve_task_names
+from hf_lln.recipes.glue.tasks import (
+    GLUE_TASKS,
+    HUB_DATASET,
+    TASK_GROUPS,
+    GlueTask,
+    get_task,
+    resolve_task_names,
+)
 
 __all__ = [
     "GLUE_TASKS",

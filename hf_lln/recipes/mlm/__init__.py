@@ -22,7 +22,6 @@ from hf_lln.recipes.mlm.model import (
     PRESETS,
     build_model,
     load_config,
-    position_offset,
     preset_config,
     resolve_max_seq_length,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "load_default_corpus",
     "load_raw_datasets",
     "make_dataloaders",
-    "position_offset",
     "preset_config",
     "resolve_max_seq_length",
     "text_column",

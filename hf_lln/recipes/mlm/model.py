@@ -8,10 +8,12 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from hf_lln import (
-    ATTENTION_VARIANTS,
-)  # importing hf_lln registers lln_bert / lln_roberta with the Auto classes
+from hf_lln.models.auto import register_auto_classes
+from hf_lln.models.configuration_lln import config_for_attention, position_offset
 from hf_lln.recipes.training import model_init_kwargs
+
+# A preset's model_type (lln_roberta) must resolve through AutoConfig.
+register_auto_classes()
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("lln-roberta-tiny", "lln-roberta-small", "lln-roberta-base")
@@ -34,39 +36,6 @@ def load_config(args: argparse.Namespace) -> PretrainedConfig:
     else:
         config = AutoConfig.from_pretrained(args.config_name or args.model_name_or_path)
     return config_for_attention(config, args.attn_implementation)
-
-
-def config_for_attention(config: PretrainedConfig, attn_implementation: str | None) -> PretrainedConfig:
-    """A config whose saved model reloads with the attention it was trained with.
-
-    An hf_lln variant becomes the ``lln_variant`` of an LLN config (a stock BERT/RoBERTa config is
-    turned into its LLN counterpart); a built-in attention (``sdpa``, ``eager``, ...) on an LLN config
-    gives the stock config of the family, so a softmax baseline is saved as a plain BERT/RoBERTa.
-    """
-    if attn_implementation is None:
-        return config
-    fields = config.to_dict()
-    model_type = fields.pop("model_type")
-    fields.pop("architectures", None)
-    is_lln = model_type.startswith("lln_")
-    if attn_implementation in ATTENTION_VARIANTS:
-        if not is_lln and model_type not in ("bert", "roberta"):
-            raise ValueError(
-                f"--attn_implementation {attn_implementation}: hf_lln models are BERT or RoBERTa, "
-                f"got model_type {model_type!r}"
-            )
-        return AutoConfig.for_model(
-            model_type if is_lln else f"lln_{model_type}", **{**fields, "lln_variant": attn_implementation}
-        )
-    if not is_lln:
-        return config
-    stock = {key: value for key, value in fields.items() if not key.startswith("lln_")}
-    return AutoConfig.for_model(model_type.removeprefix("lln_"), **stock)
-
-
-def position_offset(config: PretrainedConfig) -> int:
-    """Position ids RoBERTa-style models reserve below the first token (``pad_token_id + 1``); 0 for BERT."""
-    return config.pad_token_id + 1 if "roberta" in config.model_type else 0
 
 
 def resolve_max_seq_length(args: argparse.Namespace, config: PretrainedConfig) -> int:

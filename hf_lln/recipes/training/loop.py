@@ -22,7 +22,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hf_lln.recipes.training.checkpoint import TrainingProgress, load_checkpoint, model_fingerprint, save_checkpoint
+from hf_lln.recipes.training.checkpoint import (
+    TrainingProgress,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 

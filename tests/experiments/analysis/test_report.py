@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from hf_lln.experiments.analysis.report import analyze_model, markdown_table, write_report
 from hf_lln.cli import build_parser
+from hf_lln.experiments.analysis.report import analyze_model, markdown_table, write_report
 
 IMPLEMENTATIONS = ["eager", "sdpa", "lln", "lln_diag", "cheap_linear", "linear_elu", "performer", "cosformer"]
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from hf_lln.recipes.glue import GLUE_TASKS, get_task, load_glue, load_glue_files, load_glue_tsv, resolve_task_names
+from hf_lln.recipes.glue import (
+    GLUE_TASKS,
+    get_task,
+    load_glue,
+    load_glue_files,
+    load_glue_tsv,
+    resolve_task_names,
+)
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "glue"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))

@@ -6,8 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, RobertaConfig
 
-from hf_lln.recipes.mlm import PRESETS, build_model, check_mlm_arguments, preset_config, resolve_max_seq_length
-from hf_lln.recipes.mlm.model import config_for_attention, position_offset
+from hf_lln.models.configuration_lln import config_for_attention, position_offset
+from hf_lln.recipes.mlm import (
+    PRESETS,
+    build_model,
+    check_mlm_arguments,
+    preset_config,
+    resolve_max_seq_length,
+)
 from tests.recipes.mlm._mlm_args import mlm_args
 
 
