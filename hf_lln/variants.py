@@ -85,16 +85,28 @@ def _parameters(function: Callable) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
 
 
-@torch.compiler.assume_constant_result
 def performer_layer_projection(num_features: int, head_dim: int, seed: int) -> torch.Tensor:
-    """The fixed FAVOR+ projection ``(num_features, head_dim)`` (float32, CPU) of a layer: built once per
-    ``(num_features, head_dim, seed)``, and a constant of the graph under ``torch.compile``."""
-    return _performer_projection(num_features, head_dim, seed)
+    """The fixed FAVOR+ projection ``(num_features, head_dim)`` (float32, CPU) of a layer, built once per
+    ``(num_features, head_dim, seed)``. Under ``torch.compile`` it is an opaque operator, since drawing it takes a
+    seeded ``torch.Generator``, which would break the graph."""
+    return torch.ops.hf_lln.performer_projection(num_features, head_dim, seed)
 
 
 @functools.lru_cache(maxsize=256)
 def _performer_projection(num_features: int, head_dim: int, seed: int) -> torch.Tensor:
     return performer_projection(num_features, head_dim, seed=seed)
+
+
+# A saved model's remote-code copy of this module may load beside hf_lln itself: register the operator once.
+if not hasattr(torch.ops.hf_lln, "performer_projection"):
+
+    @torch.library.custom_op("hf_lln::performer_projection", mutates_args=())
+    def _performer_projection_op(num_features: int, head_dim: int, seed: int) -> torch.Tensor:
+        return _performer_projection(num_features, head_dim, seed).clone()
+
+    @_performer_projection_op.register_fake
+    def _(num_features: int, head_dim: int, seed: int) -> torch.Tensor:
+        return torch.empty(num_features, head_dim, dtype=torch.float32)
 
 
 def _no_options(settings, head_dim, layer_index) -> dict:
