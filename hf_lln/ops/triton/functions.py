@@ -7,6 +7,10 @@ Backward: an LLN query pass (``dq``, ``dS, dz``, ``d w_lln``), for LLN + Diag a 
 softmax's ``dq, dk, dv`` and ``d w_diag``), and a key pass (the LLN part of ``dk, dv``). Passes that
 reduce over the sequence give each program several tiles and finish with one atomic add, so long
 sequences still fill the GPU.
+
+Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
+last stride other than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they
+belong to, so Transformers' ``(batch, seq, heads, dim)`` views cost no copy in either direction.
 """
 
 from __future__ import annotations
@@ -98,12 +102,13 @@ def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _empty_like_layout(q: torch.Tensor, last: int) -> torch.Tensor:
-    """``(batch, heads, seq, last)`` in q's memory order, so a ``(batch, seq, heads, dim)`` view stays one."""
-    batch, heads, seq, _ = q.shape
-    if q.stride(1) < q.stride(2):
-        return torch.empty(batch, seq, heads, last, dtype=q.dtype, device=q.device).transpose(1, 2)
-    return torch.empty(batch, heads, seq, last, dtype=q.dtype, device=q.device)
+def _empty_like_layout(x: torch.Tensor, last: int) -> torch.Tensor:
+    """Dense ``(batch, heads, seq, last)`` with x's leading dims in x's memory order (largest stride
+    outermost), so an output or gradient of a ``(batch, seq, heads, dim)`` view, or of a slice of one, is
+    such a view too: autograd then hands it on (and a leaf keeps it as ``.grad``) without a copy."""
+    order = sorted(range(3), key=lambda d: -x.stride(d))
+    shape = [x.shape[d] for d in order] + [last]
+    return torch.empty(shape, dtype=x.dtype, device=x.device).permute(*[order.index(d) for d in range(3)], 3)
 
 
 def _mask_args(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -239,7 +244,11 @@ class _FusedLLN(torch.autograd.Function):
         has_diag = block_size is not None
         plan = launch_plan(head_dim, v_dim)
         grad = _unit_last_stride(grad)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (
+            _empty_like_layout(q, head_dim),
+            _empty_like_layout(k, head_dim),
+            _empty_like_layout(v, v_dim),
+        )
         d_state = torch.zeros_like(state)
         d_norm = torch.zeros_like(norm)
         d_w_lln = torch.zeros(heads, v_dim, dtype=torch.float32, device=q.device) if has_diag else None
