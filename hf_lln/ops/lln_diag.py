@@ -89,6 +89,7 @@ def lln_diag_attention(
             scale=scale,
             eps=eps,
             stats=stats,
+            dropout_p=dropout_p,
         )
     lln_out = lln_attention(
         q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size

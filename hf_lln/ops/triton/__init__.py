@@ -1,11 +1,14 @@
-"""Fused Triton kernels for non-causal LLN and LLN + Diag (optional; triton is imported lazily).
+"""Fused Triton kernels for non-causal LLN, LLN + Diag and cheap linear attention (optional; triton is
+imported lazily).
 
-Same functions as ``hf_lln.ops.lln_attention`` / ``hf_lln.ops.lln_diag_attention`` restricted to
-what the kernels handle (``supports``): CUDA tensors of one dtype (float32, bfloat16, float16),
-``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` with head_dim and v_dim
-in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float32 tiles overflow shared memory), key
-padding ``mask: (batch, seq)`` bool or None, non-causal, no dropout, diagonal blocks of at most 128
-tokens (64 for float32). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
+Same functions as ``hf_lln.ops.lln_attention`` / ``lln_diag_attention`` / ``cheap_linear_attention``
+restricted to what the kernels handle (``unsupported_reason``): CUDA tensors of one dtype (float32,
+bfloat16, float16), ``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads, seq, v_dim)`` with
+head_dim and v_dim in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float32 tiles overflow shared
+memory), any strides with a last stride of 1 (others are copied), key padding ``mask: (batch, seq)``
+bool or None, non-causal, diagonal blocks of at most 128 tokens (64 for float32). LLN + Diag takes
+attention dropout on its block softmax (``dropout_p``; LLN and cheap linear attention have no
+probabilities to drop). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
 gradient, as in the PyTorch path. Design and measurements: docs/kernels.md.
 """
 
@@ -24,6 +27,9 @@ MAX_FLOAT32_BLOCK_SIZE = 64
 MAX_FLOAT32_DIM = 64
 MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 STATS_MODES = ("per_sequence", "global")
+VARIANTS = ("lln", "lln_diag", "cheap_linear")
+# The dropout generator counts (query row, key column) in 32 bits: row * block_size + column.
+MAX_DROPOUT_COUNTER = 2**31
 
 
 @functools.cache
@@ -32,8 +38,40 @@ def is_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-def _unsupported(q, k, v, mask, causal, dropout_p, block_size) -> str | None:
-    """Why the kernels cannot take these inputs, or None when they can."""
+def unsupported_reason(
+    variant: str,
+    q,
+    k,
+    v,
+    mask=None,
+    *,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    block_size: int | None = None,
+) -> str | None:
+    """Why the fused kernels cannot compute ``variant`` (one of ``VARIANTS``) on these arguments, or None
+    when they can, CUDA and triton included: the one test a dispatcher needs. Shapes as the functions'.
+
+    ``block_size`` (None = head_dim) is LLN + Diag's; ``dropout_p`` must be 0 except for LLN + Diag.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    reason = _unsupported_inputs(q, k, v, mask, causal)
+    if reason is None and variant == "lln_diag":
+        block = q.shape[3] if block_size is None else block_size
+        reason = _unsupported_block(q.dtype, block) or _unsupported_dropout(dropout_p, q.shape[2], block)
+    elif reason is None:
+        if dropout_p != 0.0:
+            reason = f"dropout_p must be 0.0 for {variant} (no attention probabilities), got {dropout_p}"
+        elif block_size is not None:
+            reason = f"block_size applies to lln_diag only; {variant} takes None, got {block_size}"
+    if reason is None and not is_available():
+        reason = "the fused kernels need triton and a CUDA device"
+    return reason
+
+
+def _unsupported_inputs(q, k, v, mask, causal) -> str | None:
+    """Why the kernels cannot take these q, k, v, mask, or None when they can."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return f"{name} must be a 4-d tensor (batch, heads, seq, dim)"
@@ -65,22 +103,38 @@ def _unsupported(q, k, v, mask, causal, dropout_p, block_size) -> str | None:
             return f"mask must have shape {(q.shape[0], q.shape[2])} on q's device, got {tuple(mask.shape)}"
     if causal:
         return "causal attention is not fused (the chunked PyTorch path handles it)"
-    if dropout_p != 0.0:
-        return f"dropout_p must be 0.0, got {dropout_p}"
-    if block_size is not None and not 1 <= block_size <= MAX_BLOCK_SIZE:
+    return None
+
+
+def _unsupported_block(dtype, block_size) -> str | None:
+    if not 1 <= block_size <= MAX_BLOCK_SIZE:
         return f"block_size must be in [1, {MAX_BLOCK_SIZE}], got {block_size}"
-    if block_size is not None and q.dtype == torch.float32 and block_size > MAX_FLOAT32_BLOCK_SIZE:
+    if dtype == torch.float32 and block_size > MAX_FLOAT32_BLOCK_SIZE:
         return f"block_size must be at most {MAX_FLOAT32_BLOCK_SIZE} for float32 inputs, got {block_size}"
     return None
 
 
-def supports(q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None) -> bool:
-    """Whether the fused kernels compute these inputs (the dispatcher's test; see module docstring)."""
-    return is_available() and _unsupported(q, k, v, mask, causal, dropout_p, block_size) is None
+def _unsupported_dropout(dropout_p, seq, block_size) -> str | None:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        return f"dropout_p must be a number in [0, 1), got {dropout_p!r}"
+    if dropout_p > 0.0 and seq * block_size >= MAX_DROPOUT_COUNTER:
+        return f"dropout needs seq * block_size < 2**31, got {seq} * {block_size}"
+    return None
 
 
-def _check(q, k, v, mask, block_size, stats):
-    reason = _unsupported(q, k, v, mask, False, 0.0, block_size)
+def supports(
+    q, k, v, mask, *, causal: bool, dropout_p: float, block_size: int | None = None, variant: str = "lln_diag"
+) -> bool:
+    """Whether the fused kernels compute ``variant`` on these inputs (``unsupported_reason`` is None).
+    The default variant answers for LLN too when called with ``dropout_p=0`` and no ``block_size``."""
+    return (
+        unsupported_reason(variant, q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size)
+        is None
+    )
+
+
+def _check(variant, q, k, v, mask, *, block_size=None, dropout_p=0.0, stats="per_sequence"):
+    reason = unsupported_reason(variant, q, k, v, mask, dropout_p=dropout_p, block_size=block_size)
     if reason is not None:
         raise ValueError(reason)
     if stats not in STATS_MODES:
@@ -90,7 +144,7 @@ def _check(q, k, v, mask, block_size, stats):
 def lln_attention(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequence") -> torch.Tensor:
     """Non-causal LLN attention. q, k: (batch, heads, seq, head_dim), v: (batch, heads, seq, v_dim),
     mask: (batch, seq) bool (True = real token) or None -> (batch, heads, seq, v_dim) in q's dtype."""
-    _check(q, k, v, mask, None, stats)
+    _check("lln", q, k, v, mask, stats=stats)
     from hf_lln.ops.triton.functions import fused_lln
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -129,18 +183,34 @@ def lln_diag_attention(
     scale=None,
     eps=1e-6,
     stats="per_sequence",
+    dropout_p=0.0,
 ) -> torch.Tensor:
     """LLN mixed with softmax inside diagonal blocks of ``block_size`` tokens (default head_dim).
 
     Shapes as ``lln_attention``; ``lln_weight, diag_weight: (heads, v_dim)`` for the learnable mixes
-    (``learnable_ratio`` uses ``lln_weight`` as the ratio r: r * lln + (1 - r) * diag).
+    (``learnable_ratio`` uses ``lln_weight`` as the ratio r: r * lln + (1 - r) * diag). ``dropout_p``
+    drops the block softmax's probabilities (kept ones scaled by ``1 / (1 - dropout_p)``, as
+    ``block_diag_attention`` / SDPA) with a seed from torch's generator for q's device.
     """
     if mix not in MIX_MODES:
         raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
     block_size = q.shape[-1] if block_size is None else block_size
-    _check(q, k, v, mask, block_size, stats)
+    _check("lln_diag", q, k, v, mask, block_size=block_size, dropout_p=dropout_p, stats=stats)
     from hf_lln.ops.triton.functions import fused_lln
 
     w_lln, w_diag = _mix_weights(mix, lln_weight, diag_weight, q.shape[1], v.shape[-1], q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return fused_lln(q, k, v, mask, w_lln, w_diag, block_size=block_size, scale=scale, eps=eps, stats=stats)
+    return fused_lln(
+        q,
+        k,
+        v,
+        mask,
+        w_lln,
+        w_diag,
+        block_size=block_size,
+        scale=scale,
+        eps=eps,
+        stats=stats,
+        dropout_p=dropout_p,
+    )
+
