@@ -214,3 +214,13 @@ def lln_diag_attention(
         dropout_p=dropout_p,
     )
 
+
+def cheap_linear_attention(q, k, v, mask=None, *, scale=None) -> torch.Tensor:
+    """Non-causal cheap linear attention, ``out_i = (scale / n) q_i sum_j k_j v_j^T`` over the n real
+    keys (``hf_lln.ops.cheap_linear_attention``). q, k: (batch, heads, seq, head_dim), v: (batch, heads,
+    seq, v_dim), mask: (batch, seq) bool or None -> (batch, heads, seq, v_dim) in q's dtype."""
+    _check("cheap_linear", q, k, v, mask)
+    from hf_lln.ops.triton.cheap_linear import fused_cheap_linear
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return fused_cheap_linear(q, k, v, mask, scale=scale)
