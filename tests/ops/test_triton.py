@@ -196,7 +196,7 @@ def test_cpu_inputs_are_not_supported_and_rejected_by_name():
     "change, expected",
     [
         (dict(causal=True), "causal"),
-        (dict(dropout_p=0.1), "dropout_p"),
+        (dict(dropout_p=1.0), "dropout_p"),
         (dict(head_dim=48), "head_dim"),
         (dict(head_dim=128), "float32"),
         (dict(dtype=torch.float64), "dtype"),
@@ -213,4 +213,13 @@ def test_supports_rejects(change, expected):
         block_size=change.get("block_size"),
     )
     assert not fused.supports(q, k, v, mask, **options)
-    assert expected in fused._unsupported(q, k, v, mask, *options.values())
+    assert expected in fused.unsupported_reason("lln_diag", q, k, v, mask, **options)
+
+
+@pytest.mark.gpu
+def test_dropout_is_lln_diag_only():
+    q, k, v, mask = _inputs(1, 2, 10, 64, torch.float32)
+    assert fused.supports(q, k, v, mask, causal=False, dropout_p=0.1)
+    assert fused.unsupported_reason("lln_diag", q, k, v, mask, dropout_p=0.1) is None
+    assert "dropout_p" in fused.unsupported_reason("lln", q, k, v, mask, dropout_p=0.1)
+    assert "dropout_p" in fused.unsupported_reason("cheap_linear", q, k, v, mask, dropout_p=0.1)
