@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 pytest.importorskip("triton")
 
@@ -137,6 +138,21 @@ def test_zero_dropout_is_the_no_dropout_path_and_draws_no_seed():
     assert torch.equal(torch.get_rng_state(), state)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@needs_kernels
+def test_activation_checkpointing_recomputes_the_same_mask():
+    """``torch.utils.checkpoint`` restores the RNG state before recomputing the forward, so the seed,
+    drawn from torch's generator, and with it the mask are those of the first forward."""
+    q, k, v, mask = inputs(2, 2, 24, 16, torch.float32, seed=6)
+    call = _fused_call(mask, mix="average", weights={}, block_size=16, scale=0.25, dropout_p=0.3)
+    grad_out = torch.randn(2, 2, 24, 16).to(DEVICE)
+    torch.manual_seed(11)
+    want = outputs_and_grads(call, [q, k, v], grad_out)
+    torch.manual_seed(11)
+    got = outputs_and_grads(lambda *t: checkpoint(call, *t, use_reentrant=False), [q, k, v], grad_out)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 # (seq, block_size, mix, padded): lengths that leave a partial last block, a single token, blocks
