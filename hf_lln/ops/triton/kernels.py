@@ -59,9 +59,10 @@ def _key_ok(mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr):
 def _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p):
     """Keep mask ``(BLOCK, BLOCK)`` of one diagonal block: query ``rows`` (sequence positions) by key
     column ``local`` within the block. One Philox stream per (batch, head), keyed by ``seed + pid_bh``
-    (a 64-bit key), at counter ``row * tile + column``: unique within a stream and 32-bit for
-    ``seq * tile < 2**31`` (``unsupported_reason`` checks it), which Philox handles the same way on
-    every Triton version. Kept with probability ``1 - dropout_p``, as ``torch.nn.functional.dropout``."""
+    (a 64-bit key), at counter ``row * tile + column``: unique within a stream, and int32 for
+    ``seq * tile < 2**31`` (``unsupported_reason`` checks it), so that every Triton version runs the
+    32-bit Philox (some switch to a 64-bit variant for int64 counters). Kept with probability
+    ``1 - dropout_p``, as ``torch.nn.functional.dropout``."""
     offsets = rows[:, None] * tile + local[None, :]
     return tl.rand(seed + pid_bh, offsets) >= dropout_p
 
