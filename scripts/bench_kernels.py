@@ -1,13 +1,16 @@
-"""Fused LLN / LLN+Diag kernels against SDPA (flash) and the PyTorch paths, with the memory floor.
+"""Fused LLN / LLN+Diag / cheap linear kernels against SDPA (flash) and the PyTorch paths, with the memory floor.
 
 Checks the kernels first (poisoned outputs, forward and gradients against the PyTorch path in
 float64), then times forward and forward+backward at a fixed number of tokens per call
 (``batch = tokens // seq``), with ``hf_lln.experiments.benchmark``'s floor conventions, and compares launch
 settings of the fused kernels at the shortest and longest sequence. ``ms`` columns are per call with
 calls queued back to back (host work overlapping the GPU's, as between a model's layers); ``latency``
-is one synchronised call, host launch time included; ``host ms`` is the host's time per call. On the GPU::
+is one synchronised call, host launch time included; ``host ms`` is the host's time per call.
+``*_dropout`` rows run attention dropout 0.1 (BERT's default). On the GPU::
 
     python scripts/bench_kernels.py --out runs/bench_kernels.csv
+    python scripts/bench_kernels.py --seq-lens 512,2048,8192,32768 --settings default \
+        --impls sdpa_flash,fused_lln,fused_cheap_linear,fused_lln_diag,fused_lln_diag_dropout
 
 A tiny CPU run (PyTorch paths only; the fused rows need CUDA)::
 
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -38,6 +42,7 @@ from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
 
 HEADS = 12
+DROPOUT_P = 0.1
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SETTINGS = {
     "default": {},
@@ -60,19 +65,25 @@ def implementations(device: torch.device) -> dict[str, object]:
 
         return call
 
-    def sdpa_flash(q, k, v):
+    def sdpa_flash(q, k, v, dropout_p=0.0):
         backend = torch.nn.attention.SDPBackend.FLASH_ATTENTION
         with torch.nn.attention.sdpa_kernel(backend) if device.type == "cuda" else contextlib.nullcontext():
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
+    lln_diag_dropout = functools.partial(ops.lln_diag_attention, dropout_p=DROPOUT_P)
     impls = {
         "sdpa_flash": sdpa_flash,
+        "sdpa_flash_dropout": functools.partial(sdpa_flash, dropout_p=DROPOUT_P),
         "torch_lln": forced("torch", ops.lln_attention),
         "torch_lln_diag": forced("torch", ops.lln_diag_attention),
+        "torch_lln_diag_dropout": forced("torch", lln_diag_dropout),
+        "torch_cheap_linear": forced("torch", ops.cheap_linear_attention),
     }
     if device.type == "cuda" and fused.is_available():
         impls["fused_lln"] = forced("triton", ops.lln_attention)
         impls["fused_lln_diag"] = forced("triton", ops.lln_diag_attention)
+        impls["fused_lln_diag_dropout"] = forced("triton", lln_diag_dropout)
+        impls["fused_cheap_linear"] = fused.fused_cheap_linear_attention
     return impls
 
 
@@ -83,9 +94,15 @@ def check_kernels(device: torch.device, dtype: torch.dtype, head_dim: int) -> li
     q, k, v = (torch.randn(3, HEADS, 1000, head_dim, generator=gen, device=device) for _ in range(3))
     mask = torch.arange(1000, device=device)[None, :] < torch.tensor([[1000], [999], [321]], device=device)
     grad = torch.randn(3, HEADS, 1000, head_dim, generator=gen, device=device, dtype=torch.float64)
-    for name, fn in (("lln", ops.lln_attention), ("lln_diag", ops.lln_diag_attention)):
+    # the fused cheap linear attention is called directly: the PyTorch operator does not dispatch to it
+    variants = {
+        "lln": (ops.lln_attention, ops.lln_attention),
+        "lln_diag": (ops.lln_diag_attention, ops.lln_diag_attention),
+        "cheap_linear": (ops.cheap_linear_attention, fused.fused_cheap_linear_attention),
+    }
+    for name, (torch_fn, fused_fn) in variants.items():
         results = {}
-        for mode, cast in (("torch", torch.float64), ("triton", dtype)):
+        for mode, cast, fn in (("torch", torch.float64, torch_fn), ("triton", dtype, fused_fn)):
             leaves = [t.to(cast).requires_grad_() for t in (q, k, v)]
             if mode == "triton":
                 torch.full((1 << 28,), float("nan"), device=device)
@@ -97,7 +114,7 @@ def check_kernels(device: torch.device, dtype: torch.dtype, head_dim: int) -> li
             ((got.double() - want).norm() / want.norm()).item()
             for got, want in zip(results["triton"], results["torch"], strict=True)
         ]
-        lines.append(f"check {name:9s} " + " ".join(f"{e:.1e}" for e in errors))
+        lines.append(f"check {name:12s} " + " ".join(f"{e:.1e}" for e in errors))
     return lines
 
 
@@ -178,6 +195,7 @@ def main() -> None:
     parser.add_argument(
         "--settings", default=",".join(SETTINGS), help=f"launch settings from {tuple(SETTINGS)}"
     )
+    parser.add_argument("--impls", default=None, help="comma-separated implementations to time (default all)")
     parser.add_argument("--out", default=None, help="CSV file for the rows")
     parser.add_argument("--profile", action="store_true", help="per-kernel device times of the fused ops")
     args = parser.parse_args()
@@ -190,6 +208,12 @@ def main() -> None:
     if "fused_lln" in impls:
         for line in check_kernels(device, dtype, args.head_dim):
             print(line, flush=True)
+    if args.impls:
+        wanted = args.impls.split(",")
+        unknown = sorted(set(wanted) - set(impls))
+        if unknown:
+            parser.error(f"--impls: unknown or unavailable here: {unknown}; choose from {sorted(impls)}")
+        impls = {name: impls[name] for name in wanted}
     rows = []
     for seq in seq_lens:
         shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
@@ -213,9 +237,9 @@ def main() -> None:
                     row[f"{key}_peak_mib"] = peak / 2**20
                 rows.append(row)
                 print(format_row(row), flush=True)
-    if args.profile and "fused_lln" in impls:
+    if args.profile and any(name.startswith("fused") for name in impls):
         for seq in (seq_lens[0], seq_lens[-1]):
-            for name in ("fused_lln", "fused_lln_diag"):
+            for name in [name for name in impls if name.startswith("fused")]:
                 print(f"profile {name} seq {seq} (forward+backward):")
                 shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
                 print("\n".join(profile_kernels(impls[name], shape, dtype, device)))

@@ -20,6 +20,7 @@ from hf_lln.ops._checks import (
     compute_dtype,
     default_scale,
 )
+from hf_lln.ops.dispatch import choose_backend, triton_kernels
 from hf_lln.ops.linear import feature_attention
 
 
@@ -39,6 +40,8 @@ def cheap_linear_attention(
     check_qkv(q, k, v, mask)
     check_scale(scale)
     check_positive_int("chunk_size", chunk_size)
+    if choose_backend("cheap_linear", q, k, v, mask, causal=causal) == "triton":
+        return triton_kernels.run_cheap_linear(q, k, v, mask, scale=scale)
     in_dtype, dtype = q.dtype, compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     q = q * default_scale(scale, q.shape[-1])

@@ -70,11 +70,9 @@ def explain_backend(
     if triton_kernels is None:
         reason = "this copy of hf_lln carries no fused kernels"
     else:
-        reason = triton_kernels.fused_unsupported_reason(
+        reason = triton_kernels.unsupported_reason(
             variant, q, k, v, mask, causal=causal, dropout_p=dropout_p, block_size=block_size
         )
-    if reason is None and not triton_kernels.is_available():
-        reason = "triton is not installed or no CUDA device is present"
     if reason is None:
         return "triton", "the fused kernels support this call"
     if mode == "triton":

@@ -66,7 +66,7 @@ def lln_attention(
     """
     check_lln_args(q, k, v, mask, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size)
     if choose_backend("lln", q, k, v, mask, causal=causal) == "triton":
-        return triton_kernels.fused_lln_attention(q, k, v, mask, scale=scale, eps=eps, stats=stats)
+        return triton_kernels.run_lln(q, k, v, mask, scale=scale, eps=eps, stats=stats)
     return lln_torch(q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size)
 
 

@@ -77,7 +77,7 @@ def lln_diag_attention(
     check_dropout(dropout_p)
     options = {"causal": causal, "dropout_p": dropout_p, "block_size": block_size}
     if choose_backend("lln_diag", q, k, v, mask, **options) == "triton":
-        return triton_kernels.fused_lln_diag_attention(
+        return triton_kernels.run_lln_diag(
             q,
             k,
             v,
@@ -89,6 +89,7 @@ def lln_diag_attention(
             scale=scale,
             eps=eps,
             stats=stats,
+            dropout_p=dropout_p,
         )
     lln_out = lln_torch(
         q, k, v, mask, causal=causal, scale=scale, eps=eps, stats=stats, chunk_size=chunk_size

@@ -143,7 +143,7 @@ def test_transformers_layout_unpadded_and_empty_sequence():
     mask[2, 150:] = False
     errors = _compare("lln", q, k, v, mask)
     assert max(errors) < TOLERANCE[torch.bfloat16], errors
-    out = fused.lln_diag_attention(q, k, v, mask)
+    out = fused.fused_lln_diag_attention(q, k, v, mask)
     assert out.stride() == q.stride()
     assert out[1].abs().max().item() == 0.0
 
@@ -180,7 +180,7 @@ def test_matches_dense_reference():
     kwargs = dict(mix="learnable_ratio", lln_weight=weight, block_size=32)
     want = reference.dense_lln_diag(q.double(), k.double(), v.double(), mask, **kwargs)
     _poison_allocator()
-    got = fused.lln_diag_attention(q, k, v, mask, **kwargs)
+    got = fused.fused_lln_diag_attention(q, k, v, mask, **kwargs)
     assert _rel_error(got, want) < TOLERANCE[torch.float32]
 
 
@@ -188,7 +188,7 @@ def test_cpu_inputs_are_not_supported_and_rejected_by_name():
     q = torch.randn(1, 2, 8, 64)
     assert not fused.supports(q, q, q, None, causal=False, dropout_p=0.0)
     with pytest.raises(ValueError, match="q must be on a CUDA device"):
-        fused.lln_attention(q, q, q)
+        fused.fused_lln_attention(q, q, q)
 
 
 @pytest.mark.gpu
@@ -196,7 +196,7 @@ def test_cpu_inputs_are_not_supported_and_rejected_by_name():
     "change, expected",
     [
         (dict(causal=True), "causal"),
-        (dict(dropout_p=0.1), "dropout_p"),
+        (dict(dropout_p=1.0), "dropout_p"),
         (dict(head_dim=48), "head_dim"),
         (dict(head_dim=128), "float32"),
         (dict(dtype=torch.float64), "dtype"),
@@ -213,4 +213,13 @@ def test_supports_rejects(change, expected):
         block_size=change.get("block_size"),
     )
     assert not fused.supports(q, k, v, mask, **options)
-    assert expected in fused._unsupported(q, k, v, mask, *options.values())
+    assert expected in fused.unsupported_reason("lln_diag", q, k, v, mask, **options)
+
+
+@pytest.mark.gpu
+def test_dropout_is_lln_diag_only():
+    q, k, v, mask = _inputs(1, 2, 10, 64, torch.float32)
+    assert fused.supports(q, k, v, mask, causal=False, dropout_p=0.1)
+    assert fused.unsupported_reason("lln_diag", q, k, v, mask, dropout_p=0.1) is None
+    assert "dropout_p" in fused.unsupported_reason("lln", q, k, v, mask, dropout_p=0.1)
+    assert "dropout_p" in fused.unsupported_reason("cheap_linear", q, k, v, mask, dropout_p=0.1)

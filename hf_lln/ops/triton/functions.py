@@ -7,6 +7,10 @@ Backward: an LLN query pass (``dq``, ``dS, dz``, ``d w_lln``), for LLN + Diag a 
 softmax's ``dq, dk, dv`` and ``d w_diag``), and a key pass (the LLN part of ``dk, dv``). Passes that
 reduce over the sequence give each program several tiles and finish with one atomic add, so long
 sequences still fill the GPU.
+
+Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
+last stride other than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they
+belong to, so Transformers' ``(batch, seq, heads, dim)`` views cost no copy in either direction.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import triton
 
 from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
 from hf_lln.ops.triton import kernels
+from hf_lln.ops.triton.dropout import draw_seed
 
 # Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills up to head
 # size 64 (64-row tiles needed 255 registers and spilled in the backward); 128-wide heads hold four
@@ -98,12 +103,13 @@ def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _empty_like_layout(q: torch.Tensor, last: int) -> torch.Tensor:
-    """``(batch, heads, seq, last)`` in q's memory order, so a ``(batch, seq, heads, dim)`` view stays one."""
-    batch, heads, seq, _ = q.shape
-    if q.stride(1) < q.stride(2):
-        return torch.empty(batch, seq, heads, last, dtype=q.dtype, device=q.device).transpose(1, 2)
-    return torch.empty(batch, heads, seq, last, dtype=q.dtype, device=q.device)
+def _empty_like_layout(x: torch.Tensor, last: int) -> torch.Tensor:
+    """Dense ``(batch, heads, seq, last)`` with x's leading dims in x's memory order (largest stride
+    outermost), so an output or gradient of a ``(batch, seq, heads, dim)`` view, or of a slice of one, is
+    such a view too: autograd then hands it on (and a leaf keeps it as ``.grad``) without a copy."""
+    order = sorted(range(3), key=lambda d: -x.stride(d))
+    shape = [x.shape[d] for d in order] + [last]
+    return torch.empty(shape, dtype=x.dtype, device=x.device).permute(*[order.index(d) for d in range(3)], 3)
 
 
 def _mask_args(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -204,7 +210,7 @@ class _FusedLLN(torch.autograd.Function):
     """LLN (``block_size=None``) or LLN + block softmax mixed by per-(head, channel) weights."""
 
     @staticmethod
-    def forward(ctx, q, k, v, w_lln, w_diag, mask, block_size, scale, eps, stats):
+    def forward(ctx, q, k, v, w_lln, w_diag, mask, block_size, scale, eps, stats, dropout_p):
         batch, heads, seq, head_dim = q.shape
         v_dim = v.shape[-1]
         plan = launch_plan(head_dim, v_dim)
@@ -216,30 +222,35 @@ class _FusedLLN(torch.autograd.Function):
         per_program = min(num_tiles, launch_config.output_tiles_per_program)
         mask_arg, stride_mb = _mask_args(mask, q)
         has_diag = block_size is not None
+        seed = draw_seed(q.device) if dropout_p > 0.0 else None
         kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
             q, k, v, mask_arg, out, alpha, shift, state, norm,
-            w_lln if has_diag else alpha, w_diag if has_diag else alpha,
+            w_lln if has_diag else alpha, w_diag if has_diag else alpha, alpha if seed is None else seed,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
-            heads, seq, tile, per_program, scale * 1.4426950408889634, eps,
+            heads, seq, tile, per_program, scale * 1.4426950408889634, eps, dropout_p,
             D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
-            HALF=q.dtype != torch.float32,
+            HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
             num_warps=plan.warps_diag if has_diag else plan.warps,
             num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag)
-        ctx.config = (block_size, scale, eps)
+        ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag, seed)
+        ctx.config = (block_size, scale, eps, dropout_p)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag = ctx.saved_tensors
-        block_size, scale, eps = ctx.config
+        q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag, seed = ctx.saved_tensors
+        block_size, scale, eps, dropout_p = ctx.config
         batch, heads, seq, head_dim = q.shape
         v_dim = v.shape[-1]
         has_diag = block_size is not None
         plan = launch_plan(head_dim, v_dim)
         grad = _unit_last_stride(grad)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (
+            _empty_like_layout(q, head_dim),
+            _empty_like_layout(k, head_dim),
+            _empty_like_layout(v, v_dim),
+        )
         d_state = torch.zeros_like(state)
         d_norm = torch.zeros_like(norm)
         d_w_lln = torch.zeros(heads, v_dim, dtype=torch.float32, device=q.device) if has_diag else None
@@ -259,11 +270,12 @@ class _FusedLLN(torch.autograd.Function):
             tile, block = _row_tile(block_size, plan)
             per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
             kernels.lln_backward_block_kernel[(chunks, batch * heads)](
-                q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag,
+                q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag, alpha if seed is None else seed,
                 *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
                 *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-                heads, seq, tile, per_program, scale,
+                heads, seq, tile, per_program, scale, dropout_p,
                 D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
+                DROPOUT=seed is not None,
                 num_warps=plan.warps_diag_backward, num_stages=plan.stages_diag,
             )  # fmt: skip
         kernels.lln_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
@@ -273,10 +285,15 @@ class _FusedLLN(torch.autograd.Function):
             D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
             num_warps=plan.warps,
         )  # fmt: skip
-        return dq, dk, dv, d_w_lln, d_w_diag, None, None, None, None, None
+        return dq, dk, dv, d_w_lln, d_w_diag, None, None, None, None, None, None
 
 
-def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats):
-    """Apply the autograd Function; inputs already validated, ``w_*: (heads, v_dim)`` float32 or None."""
+def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats, dropout_p=0.0):
+    """Apply the autograd Function; inputs already validated, ``w_*: (heads, v_dim)`` float32 or None.
+
+    ``dropout_p`` (LLN + Diag only) drops block-softmax probabilities with a seed drawn from torch's
+    generator for q's device (``dropout.draw_seed``), none drawn when it is 0."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
-    return _FusedLLN.apply(q, k, v, w_lln, w_diag, mask, block_size, float(scale), float(eps), stats)
+    return _FusedLLN.apply(
+        q, k, v, w_lln, w_diag, mask, block_size, float(scale), float(eps), stats, float(dropout_p)
+    )

@@ -11,6 +11,11 @@ float32 buffers indexed by ``batch * heads``: ``alpha, beta: (bh,)``, ``shift: (
 Everything is accumulated in float32; ``HALF`` marks bf16/fp16 inputs, for which the LLN state
 products run as tf32 and the block softmax's products on operands in the input dtype, like
 FlashAttention; float32 inputs get 3xtf32 products (float32 accuracy on the tensor cores).
+
+Attention dropout (``DROPOUT``) acts on the block softmax's probabilities. Its keep mask is never
+stored: ``_dropout_keep`` draws it from a counter-based generator (Philox, ``tl.rand``) keyed by the
+call's seed and the (batch, head) and counted by (query row, key column), so the backward pass and
+``dropout_keep_kernel`` regenerate exactly the forward's mask, as FlashAttention does.
 """
 
 import triton
@@ -48,6 +53,38 @@ def _key_ok(mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr):
     if HAS_MASK:
         ok = row_ok & (tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0)
     return ok
+
+
+@triton.jit
+def _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p):
+    """Keep mask ``(BLOCK, BLOCK)`` of one diagonal block: query ``rows`` (sequence positions) by key
+    column ``local`` within the block. One Philox stream per (batch, head), keyed by ``seed + pid_bh``
+    (a 64-bit key), at counter ``row * tile + column``: unique within a stream, and int32 for
+    ``seq * tile < 2**31`` (``unsupported_reason`` checks it), so that every Triton version runs the
+    32-bit Philox (some switch to a 64-bit variant for int64 counters). Kept with probability
+    ``1 - dropout_p``, as ``torch.nn.functional.dropout``."""
+    offsets = rows[:, None] * tile + local[None, :]
+    return tl.rand(seed + pid_bh, offsets) >= dropout_p
+
+
+@triton.jit
+def _dropped(x, keep, dropout_p):
+    """``x`` where kept, scaled by ``1 / (1 - dropout_p)``; 0 where dropped."""
+    return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+
+
+@triton.jit
+def dropout_keep_kernel(SEED, KEEP, seq, tile, dropout_p, BLOCK: tl.constexpr):
+    """The keep mask the block passes draw, for tests: ``KEEP: (bh, seq, tile)`` uint8, entry
+    ``[bh, i, j]`` for query ``i`` and key ``(i // tile) * tile + j``. Grid: (blocks, bh)."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    local = tl.arange(0, BLOCK)
+    rows = pid_t * tile + local
+    row_ok = (local < tile) & (rows < seq)
+    keep = _dropout_keep(tl.load(SEED), pid_bh, rows, local, tile, dropout_p)
+    ptr = KEEP + pid_bh * seq * tile + rows[:, None] * tile + local[None, :]
+    tl.store(ptr, keep.to(tl.uint8), mask=row_ok[:, None] & (local[None, :] < tile))
 
 
 @triton.jit
@@ -239,16 +276,17 @@ def _block_softmax(q, k, key_ok, scale_log2e, HALF: tl.constexpr):
 
 @triton.jit
 def lln_output_kernel(
-    Q, K, V, MASK, OUT, ALPHA, SHIFT, STATE, NORM, W_LLN, W_DIAG,
+    Q, K, V, MASK, OUT, ALPHA, SHIFT, STATE, NORM, W_LLN, W_DIAG, SEED,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_mb,
-    heads, seq, tile, tiles_per_program, scale_log2e, eps,
+    heads, seq, tile, tiles_per_program, scale_log2e, eps, dropout_p,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr, DROPOUT: tl.constexpr,
 ):  # fmt: skip
     """``out = w_lln * LLN(q) + w_diag * block softmax`` (just LLN without ``HAS_DIAG``).
 
     A tile holds ``tile <= BLOCK`` rows: with ``HAS_DIAG`` one diagonal block, so its keys are its rows.
+    ``DROPOUT`` drops the block softmax's probabilities (``SEED: (1,)`` int64, see ``_dropout_keep``).
     """
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -267,6 +305,8 @@ def lln_output_kernel(
     if HAS_DIAG:
         w_lln = tl.load(W_LLN + h * DV + vcols)
         w_diag = tl.load(W_DIAG + h * DV + vcols)
+    if DROPOUT:
+        seed = tl.load(SEED)
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
         t = first + i
@@ -280,6 +320,8 @@ def lln_output_kernel(
             v_in = _load_rows(v_base, rows, row_ok, vcols, stride_vs)
             key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
             p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
+            if DROPOUT:
+                p = _dropped(p, _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p), dropout_p)
             out = w_lln[None, :] * out + w_diag[None, :] * _dot_in(p, v_in, v_in, HALF)
         o_ptr = o_base + rows[:, None] * stride_os + vcols[None, :]
         tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
@@ -341,18 +383,23 @@ def lln_backward_query_kernel(
 
 @triton.jit
 def lln_backward_block_kernel(
-    Q, K, V, MASK, GRAD, DQ, DK, DVAL, W_DIAG, D_W_DIAG,
+    Q, K, V, MASK, GRAD, DQ, DK, DVAL, W_DIAG, D_W_DIAG, SEED,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_gb, stride_gh, stride_gs,
     stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
     stride_dvb, stride_dvh, stride_dvs, stride_mb,
-    heads, seq, tile, tiles_per_program, scale,
+    heads, seq, tile, tiles_per_program, scale, dropout_p,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+    DROPOUT: tl.constexpr,
 ):  # fmt: skip
     """Block-diagonal softmax part of the backward, one diagonal block (``tile <= BLOCK`` rows) per
     tile: adds its ``dq`` to ``DQ`` (which holds the LLN part), stores its ``dk, dv`` (the key kernel
     adds the LLN part) and accumulates ``d w_diag`` (atomic). A separate pass keeps the LLN query
-    pass and this one each within the register file."""
+    pass and this one each within the register file.
+
+    With ``DROPOUT`` the forward's keep mask M is drawn again (``_dropout_keep``); with the dropped
+    probabilities P' = P * M / (1 - p): ``dv = P'^T g``, ``dP = (g v^T) * M / (1 - p)`` and
+    ``dS = P * (dP - rowsum(g * P' v))``."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
@@ -369,6 +416,8 @@ def lln_backward_block_kernel(
     w_diag = tl.load(W_DIAG + h * DV + vcols)
     d_w_diag = tl.zeros([DV], tl.float32)
     scale_log2e = scale * 1.4426950408889634
+    if DROPOUT:
+        seed = tl.load(SEED)
     first = pid_c * tiles_per_program
     for i in range(tiles_per_program):
         local = tl.arange(0, BLOCK)
@@ -380,18 +429,26 @@ def lln_backward_block_kernel(
         g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
         key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
         p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
+        if DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p)
+            p_kept = _dropped(p, keep, dropout_p)
+        else:
+            p_kept = p
         # ordered so that each 64x64 temporary dies early (register pressure)
-        diag = _dot_in(p, v_in, q_in, HALF)
+        diag = _dot_in(p_kept, v_in, q_in, HALF)
         d_w_diag += tl.sum(g * diag, axis=0)
         g = g * w_diag[None, :]
         row_dot = tl.sum(g * diag, axis=1)
-        dv = _dot_in(tl.trans(p), g, q_in, HALF)
+        dv = _dot_in(tl.trans(p_kept), g, q_in, HALF)
         tl.store(
             dv_base + rows[:, None] * stride_dvs + vcols[None, :],
             dv.to(DVAL.dtype.element_ty),
             mask=row_ok[:, None],
         )
-        d_s = p * (_dot_in(g, tl.trans(v_in), q_in, HALF) - row_dot[:, None]) * scale
+        d_p = _dot_in(g, tl.trans(v_in), q_in, HALF)
+        if DROPOUT:
+            d_p = _dropped(d_p, keep, dropout_p)
+        d_s = p * (d_p - row_dot[:, None]) * scale
         dk = _dot_in(tl.trans(d_s), q_in, q_in, HALF)
         tl.store(
             dk_base + rows[:, None] * stride_dks + cols[None, :],

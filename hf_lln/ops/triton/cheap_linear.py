@@ -1,0 +1,247 @@
+"""Fused non-causal cheap linear attention (kernels, launches and autograd Function; imports triton).
+
+The maths of ``hf_lln.ops.cheap_linear.cheap_linear_attention``: with ``n`` the number of real keys of
+the sequence (at least 1) and ``C = sum_j k_j v_j^T`` over them, ``out_i = (scale / n) q_i C`` for every
+query row (padded ones included, as in the PyTorch path); a sequence without real keys gives zeros.
+
+Forward: a state pass over k, v (``C`` and ``n``, float32, one atomic add per program) and a query pass
+over q. Backward, with ``c = scale / n`` and ``g = dout``: a query pass (``dq = c g C^T`` and
+``dC = c sum_i q_i^T g_i``, atomic) and a key pass (``dk = v dC^T``, ``dv = k dC``, zero on padded
+keys). LLN's passes minus its statistics, feature maps and normaliser; same layout conventions
+(``kernels.py``): strided ``(batch, heads, seq, dim)`` tensors, grid axis 1 = ``batch * heads``.
+Products: operands in the input dtype where both are inputs (exact products, float32 sums), tf32 for
+half inputs against the float32 state, 3xtf32 for float32 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hf_lln.ops.triton.functions import (
+    _bhs_strides,
+    _empty_like_layout,
+    _mask_args,
+    _split,
+    _unit_last_stride,
+    launch_config,
+    launch_plan,
+)
+from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows
+
+
+@triton.jit
+def cheap_state_kernel(
+    K, V, MASK, STATE, COUNT,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb,
+    heads, seq, tiles_per_program,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``C += sum_j k_j v_j^T`` and ``n += #j`` over the real keys of this program's tiles (atomic).
+    Padded keys load as zeros (k and v both, so that whatever padding holds never reaches ``C``)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    state = tl.zeros([D, DV], tl.float32)
+    count = tl.zeros([BLOCK], tl.float32)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
+        ok = _key_ok(MASK + b * stride_mb, rows, rows < seq, HAS_MASK)
+        k_in = _load_rows(k_base, rows, ok, cols, stride_ks)
+        v_in = _load_rows(v_base, rows, ok, vcols, stride_vs)
+        state += _dot_in(tl.trans(k_in), v_in, k_in, HALF)
+        count += ok.to(tl.float32)
+    tl.atomic_add(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
+    tl.atomic_add(COUNT + pid_bh, tl.sum(count, axis=0))
+
+
+@triton.jit
+def _scaled_state(STATE, COUNT, pid_bh, scale, D: tl.constexpr, DV: tl.constexpr):
+    """``(scale / max(n, 1)) C`` of one (batch, head): (D, DV) float32."""
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    return state * (scale / tl.maximum(tl.load(COUNT + pid_bh), 1.0))
+
+
+@triton.jit
+def cheap_output_kernel(
+    Q, OUT, STATE, COUNT,
+    stride_qb, stride_qh, stride_qs, stride_ob, stride_oh, stride_os,
+    heads, seq, tiles_per_program, scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``out_i = (scale / n) q_i C`` for the rows of this program's tiles."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    o_base = OUT + b * stride_ob + h * stride_oh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    state = _scaled_state(STATE, COUNT, pid_bh, scale, D, DV)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
+        out = _dot(q, state, HALF)
+        tl.store(
+            o_base + rows[:, None] * stride_os + vcols[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+
+@triton.jit
+def cheap_backward_query_kernel(
+    Q, GRAD, DQ, STATE, COUNT, D_STATE,
+    stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
+    heads, seq, tiles_per_program, scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``dq_i = (scale / n) g_i C^T`` (stored) and ``dC += (scale / n) q_i^T g_i`` (atomic) over the
+    program's tiles."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    g_base = GRAD + b * stride_gb + h * stride_gh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    factor = scale / tl.maximum(tl.load(COUNT + pid_bh), 1.0)
+    state = _scaled_state(STATE, COUNT, pid_bh, scale, D, DV)
+    d_state = tl.zeros([D, DV], tl.float32)
+    first = pid_c * tiles_per_program
+    for i in range(tiles_per_program):
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        q_in = _load_rows(q_base, rows, row_ok, cols, stride_qs)
+        g_in = _load_rows(g_base, rows, row_ok, vcols, stride_gs)
+        d_state += _dot_in(tl.trans(q_in), g_in, q_in, HALF)
+        dq = _dot(g_in.to(tl.float32), tl.trans(state), HALF)
+        tl.store(
+            dq_base + rows[:, None] * stride_dqs + cols[None, :],
+            dq.to(DQ.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+    tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state * factor)
+
+
+@triton.jit
+def cheap_backward_key_kernel(
+    K, V, MASK, DK, DVAL, D_STATE,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs, stride_mb,
+    heads, seq,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``dk_j = v_j dC^T``, ``dv_j = k_j dC`` for one tile of keys; zero for padded keys (loaded as zeros)."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    rows = pid_t * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < seq
+    ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+    d_state = tl.load(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    k = _load_rows(K + b * stride_kb + h * stride_kh, rows, ok, cols, stride_ks).to(tl.float32)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, rows, ok, vcols, stride_vs).to(tl.float32)
+    dk = _dot(v, tl.trans(d_state), HALF)
+    dv = _dot(k, d_state, HALF)
+    dk_ptr = DK + b * stride_dkb + h * stride_dkh + rows[:, None] * stride_dks + cols[None, :]
+    dv_ptr = DVAL + b * stride_dvb + h * stride_dvh + rows[:, None] * stride_dvs + vcols[None, :]
+    tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(dv_ptr, dv.to(DVAL.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _state(k, v, mask, plan):
+    """``C: (bh, head_dim, v_dim)`` and ``n: (bh,)`` float32 (one buffer, one zero fill)."""
+    batch, heads, seq, head_dim = k.shape
+    v_dim = v.shape[-1]
+    bh = batch * heads
+    per_program, chunks = _split(bh, triton.cdiv(seq, plan.rows), k.device)
+    buffer = torch.zeros(bh * (head_dim * v_dim + 1), dtype=torch.float32, device=k.device)
+    state = buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim)
+    count = buffer[bh * head_dim * v_dim :]
+    mask_arg, stride_mb = _mask_args(mask, k)
+    cheap_state_kernel[(chunks, bh)](
+        k, v, mask_arg, state, count,
+        *_bhs_strides(k), *_bhs_strides(v), stride_mb,
+        heads, seq, per_program,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    return state, count
+
+
+class _FusedCheapLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        batch, heads, seq, head_dim = q.shape
+        v_dim = v.shape[-1]
+        plan = launch_plan(head_dim, v_dim)
+        state, count = _state(k, v, mask, plan)
+        out = _empty_like_layout(q, v_dim)
+        num_tiles = triton.cdiv(seq, plan.rows)
+        per_program = min(num_tiles, launch_config.output_tiles_per_program)
+        cheap_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+            q, out, state, count,
+            *_bhs_strides(q), *_bhs_strides(out),
+            heads, seq, per_program, scale,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=q.dtype != torch.float32,
+            num_warps=plan.warps,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, mask, state, count)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, mask, state, count = ctx.saved_tensors
+        batch, heads, seq, head_dim = q.shape
+        v_dim = v.shape[-1]
+        plan = launch_plan(head_dim, v_dim)
+        half = q.dtype != torch.float32
+        grad = _unit_last_stride(grad)
+        dq, dk, dv = (
+            _empty_like_layout(q, head_dim),
+            _empty_like_layout(k, head_dim),
+            _empty_like_layout(v, v_dim),
+        )
+        d_state = torch.zeros_like(state)
+        per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
+        cheap_backward_query_kernel[(chunks, batch * heads)](
+            q, grad, dq, state, count, d_state,
+            *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
+            heads, seq, per_program, ctx.scale,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=half,
+            num_warps=plan.warps_query,
+        )  # fmt: skip
+        mask_arg, stride_mb = _mask_args(mask, q)
+        cheap_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
+            k, v, mask_arg, dk, dv, d_state,
+            *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=half,
+            num_warps=plan.warps,
+        )  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+def fused_cheap_linear(q, k, v, mask, *, scale):
+    """Apply the autograd Function; inputs already validated (``hf_lln.ops.triton.cheap_linear_attention``)."""
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    return _FusedCheapLinear.apply(q, k, v, mask, float(scale))
