@@ -61,7 +61,12 @@ def moment_matched_scales(q, k, mask=None, *, scale=None, stats="per_sequence"):
         ]
         return torch.stack(
             [
-                torch.stack([r.std() if r.numel() > 1 else torch.zeros((), dtype=x.dtype) for r in row])
+                torch.stack(
+                    [
+                        r.std() if r.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
+                        for r in row
+                    ]
+                )
                 for row in rows
             ]
         ).to(x.device)

@@ -13,6 +13,7 @@ from hf_lln.ops import triton as fused  # noqa: E402
 from hf_lln.ops.triton.cheap_linear import fused_cheap_linear  # noqa: E402
 from hf_lln.ops.triton.functions import fused_lln  # noqa: E402
 from tests.ops._fused import DEVICE, CopyRecorder, inputs, needs_kernels, outputs_and_grads  # noqa: E402
+from tests.ops._variants import relative_error  # noqa: E402
 
 VARIANTS = ("lln", "lln_diag", "lln_diag_dropout", "cheap_linear")
 
@@ -137,5 +138,7 @@ def test_gpu_no_copies_and_strided_results(variant, dtype):
     call = _call(variant, mask, weights=weights)
     want = outputs_and_grads(call, [q, k, v, *weights], grad_out)
     got = outputs_and_grads(call, [_strided(t, "transformers") for t in (q, k, v)] + weights, grad_out)
+    # The passes that reduce over the sequence finish with atomic adds, whose order varies from run to run: a
+    # few half-precision elements round the other way, so compare in norm, far below the dtype's own error.
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b)
+        assert relative_error(a, b) < 1e-3
