@@ -1,4 +1,4 @@
-"""LLN configs and model classes for BERT and RoBERTa, and their Auto registration."""
+"""LLN configs and model classes for BERT and RoBERTa, their Auto registration, and ``to_lln`` for stock models."""
 
 from hf_lln.models.auto import register_auto_classes
 from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
@@ -18,6 +18,7 @@ from hf_lln.models.modeling_lln import (
     LLNRobertaForTokenClassification,
     LLNRobertaModel,
 )
+from hf_lln.models.stock import install_save_warning, to_lln
 
 __all__ = [
     "AUTO_MODEL_CLASSES",
@@ -36,5 +37,7 @@ __all__ = [
     "LLNRobertaForSequenceClassification",
     "LLNRobertaForTokenClassification",
     "LLNRobertaModel",
+    "install_save_warning",
     "register_auto_classes",
+    "to_lln",
 ]
