@@ -6,11 +6,25 @@ Every softmax weight is kept (an LLN model has the same modules); only the atten
 the LLN+Diag mix weights of a learnable ``--mix-mode``, which start at the average. ``--max-position N`` lets the
 model read N tokens by tiling the learned position embeddings (copies of the learned ones, as Longformer does).
 The head follows the checkpoint's ``architectures`` (``BertForPreTraining`` gives the masked-LM head).
+
+The conversion writes ``config.json``, the weights, the remote code, the tokenizer (re-saved, so that its
+``tokenizer_config.json`` names its stock class) and ``README.md`` (the LLN model card); every other file of the
+checkpoint is carried over unchanged: a sentence-transformers model keeps ``modules.json``, ``1_Pooling/``,
+``2_Dense/`` (with its weights), ``sentence_bert_config.json`` and the rest, so it loads in sentence-transformers
+with the same modules. Left out are the softmax model's weights in other formats and its exports (``onnx/``,
+``openvino/``, ...), which would run softmax attention.
+
+``--max-position`` also raises the tokenizer's ``model_max_length``, except that the length sentence-transformers
+truncates inputs to stays what it was (the model was trained to it): ``sentence_bert_config.json`` keeps its
+``max_seq_length``, and where it has none (sentence-transformers >= 6 keeps the length in the tokenizer) the
+tokenizer keeps its ``model_max_length``. Set ``model.max_seq_length`` to use the longer positions.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import math
 import os
 import shutil
@@ -19,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from hf_lln.hub import write_model_card
@@ -30,17 +45,47 @@ from hf_lln.variants import ATTENTION_VARIANTS
 
 # Checkpoint heads without an LLN class whose weights are a superset of one that has.
 HEAD_ALIASES = {"ForPreTraining": "ForMaskedLM"}
+# Checkpoint files (paths relative to it) that are not carried over: the softmax model's config and weights in every
+# format (the conversion writes new ones), exports of it that would run softmax attention, and git/Hub metadata.
+NOT_CARRIED = (
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "tf_model-*-of-*.h5",
+    "tf_model.h5.index.json",
+    "flax_model.msgpack",
+    "flax_model-*-of-*.msgpack",
+    "flax_model.msgpack.index.json",
+    "rust_model.ot",
+    "model.ckpt*",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+    ".git/*",
+    ".cache/*",
+)
+SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
 
 
 @dataclass
 class ConversionReport:
     """What ``convert_checkpoint`` did: the class written, the weights it added (LLN parameters, start at the
-    average) and the checkpoint weights it left out (heads the class does not have)."""
+    average), the checkpoint weights it left out (heads the class does not have), the checkpoint's other files
+    (paths relative to it): carried over unchanged, or left out (``NOT_CARRIED``: weights, config, exports), and,
+    for a sentence-transformers checkpoint, the length sentence-transformers truncates inputs to (unchanged)."""
 
     model_class: str
     new_lln_weights: list[str]
     unused_weights: list[str]
     max_position_embeddings: int
+    carried_files: list[str]
+    left_out_files: list[str]
+    sentence_transformers_max_seq_length: int | None
 
 
 def lln_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
@@ -91,8 +136,9 @@ def convert_checkpoint(
     **lln_settings,
 ) -> ConversionReport:
     """Write the LLN checkpoint of ``src`` (folder or Hub id) to the new folder ``dst`` (weights, config, remote
-    code, tokenizer when ``src`` has one, model card). Raises before writing anything if ``dst`` exists or a
-    weight the LLN model needs is missing from ``src``."""
+    code, tokenizer when ``src`` has one, model card) with every other file of ``src`` carried over unchanged
+    (see the module docstring). Raises before writing anything if ``dst`` exists or a weight the LLN model needs
+    is missing from ``src``."""
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"dst {dst} already exists; choose a new folder")
@@ -110,9 +156,12 @@ def convert_checkpoint(
             f"mismatched {sorted(loading['mismatched_keys'])}"
         )
     tokenizer = _tokenizer_or_none(src)
+    is_local = Path(src).exists()
+    source = Path(src) if is_local else Path(snapshot_download(str(src), ignore_patterns=list(NOT_CARRIED)))
+    length_setting = sentence_transformers_length_setting(source)
     if max_position is not None:
         model = extend_position_embeddings(model, max_position)
-        if tokenizer is not None:
+        if tokenizer is not None and length_setting != "tokenizer":
             tokenizer.model_max_length = max_position
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
@@ -120,17 +169,58 @@ def convert_checkpoint(
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        base_model = None if Path(src).exists() else str(src)
-        write_model_card(staging, model.config, model_name=dst.name, base_model=base_model)
+        write_model_card(
+            staging, model.config, model_name=dst.name, base_model=None if is_local else str(src)
+        )
+        carried, left_out = carry_files(source, staging)
         os.replace(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if length_setting == SENTENCE_TRANSFORMERS_CONFIG:
+        max_seq_length = json.loads((source / SENTENCE_TRANSFORMERS_CONFIG).read_text())["max_seq_length"]
+    else:
+        in_tokenizer = length_setting == "tokenizer" and tokenizer is not None
+        max_seq_length = tokenizer.model_max_length if in_tokenizer else None
     return ConversionReport(
         model_class=model_class.__name__,
         new_lln_weights=sorted(loading["missing_keys"]),
         unused_weights=sorted(loading["unexpected_keys"]),
         max_position_embeddings=model.config.max_position_embeddings,
+        carried_files=carried,
+        left_out_files=left_out,
+        sentence_transformers_max_seq_length=max_seq_length,
     )
+
+
+def sentence_transformers_length_setting(folder: Path) -> str | None:
+    """Where sentence-transformers reads the length it truncates the inputs of the checkpoint in ``folder`` to:
+    ``"sentence_bert_config.json"`` (its ``max_seq_length``), ``"tokenizer"`` (the tokenizer's
+    ``model_max_length``, where sentence-transformers >= 6 keeps it), or None (no ``modules.json``: not a
+    sentence-transformers checkpoint)."""
+    if not (folder / "modules.json").is_file():
+        return None
+    settings = folder / SENTENCE_TRANSFORMERS_CONFIG
+    if settings.is_file() and json.loads(settings.read_text()).get("max_seq_length") is not None:
+        return SENTENCE_TRANSFORMERS_CONFIG
+    return "tokenizer"
+
+
+def carry_files(source: Path, target: Path) -> tuple[list[str], list[str]]:
+    """Copy every file of the checkpoint folder ``source`` into ``target`` unchanged, except those matching
+    ``NOT_CARRIED`` and those ``target`` already has (written by the conversion); returns ``(carried, left_out)``,
+    sorted paths relative to ``source`` (``left_out``: the ``NOT_CARRIED`` ones)."""
+    carried, left_out = [], []
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        name = path.relative_to(source).as_posix()
+        if any(fnmatch.fnmatch(name, pattern) for pattern in NOT_CARRIED):
+            left_out.append(name)
+        elif not (target / name).exists():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / name)
+            carried.append(name)
+    return carried, left_out
 
 
 def _tokenizer_or_none(src):
@@ -175,4 +265,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"new LLN weights ({len(report.new_lln_weights)}), initialised to the average mix")
     if report.unused_weights:
         print(f"checkpoint weights not used by {report.model_class}: {', '.join(report.unused_weights)}")
+    if report.carried_files:
+        print(f"carried over unchanged: {', '.join(report.carried_files)}")
+    dropped = [name for name in report.left_out_files if not (Path(args.dst) / name).exists()]
+    if dropped:
+        print(
+            f"left out (the softmax model's weights in other formats and its exports): {', '.join(dropped)}"
+        )
+    if report.sentence_transformers_max_seq_length is not None and args.max_position is not None:
+        print(
+            f"sentence-transformers still truncates inputs at max_seq_length={report.sentence_transformers_max_seq_length}"
+            f" tokens; set model.max_seq_length (up to {args.max_position}) to use the longer positions"
+        )
     return 0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -13,6 +18,8 @@ import hf_lln
 from hf_lln.cli import main
 from hf_lln.convert import convert_checkpoint
 from tests._tiny import TINY
+
+ROOT = Path(__file__).parents[1]
 
 
 def save_stock(path, config, auto_name="AutoModelForMaskedLM", model_class=None):
@@ -114,9 +121,104 @@ def test_bad_arguments_are_refused(tmp_path):
         main(["convert", str(src), str(tmp_path / "dst"), "--variant", "softmax"])
 
 
-def test_real_minilm_converts_and_reads_longer_inputs(minilm_path, tmp_path):
-    dst = tmp_path / "minilm-lln"
-    report = convert_checkpoint(minilm_path, dst, variant="lln_diag", max_position=1024)
+def test_sentence_transformers_files_are_carried_over_unchanged(tmp_path, capsys):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    stock, src, dst = tmp_path / "bert", tmp_path / "st", tmp_path / "st-lln"
+    save_stock(stock, BertConfig(**TINY), "AutoModel")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]))
+    BertTokenizer(vocab_file=str(vocab)).save_pretrained(stock)
+    torch.manual_seed(1)
+    modules = [
+        Transformer(str(stock), max_seq_length=16),
+        Pooling(TINY["hidden_size"]),
+        Dense(32, 8),
+        Normalize(),
+    ]
+    SentenceTransformer(modules=modules, device="cpu").save(str(src))
+    (src / "onnx").mkdir()
+    (src / "onnx" / "model.onnx").write_bytes(b"the softmax graph")
+    (src / "train_script.py").write_text("# how the embeddings were trained\n")
+
+    assert main(["convert", str(src), str(dst), "--variant", "lln_diag", "--max-position", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "sentence-transformers still truncates inputs at max_seq_length=16 tokens" in printed
+
+    written = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json"}
+    carried = []
+    for path in sorted(src.rglob("*")):
+        name = path.relative_to(src).as_posix()
+        if path.is_dir() or name in written:
+            continue
+        if name.startswith("onnx/"):
+            assert not (dst / name).exists()  # an export of the softmax model would run softmax attention
+            continue
+        assert (dst / name).read_bytes() == path.read_bytes(), name
+        carried.append(name)
+    assert {
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+        "2_Dense/model.safetensors",
+    } <= set(carried)
+    assert f"carried over unchanged: {', '.join(carried)}" in printed
+    assert "exports): onnx/model.onnx\n" in printed
+
+    source = SentenceTransformer(str(src), device="cpu")
+    converted = SentenceTransformer(str(dst), device="cpu")
+    assert type(converted[0].auto_model) is hf_lln.LLNBertModel
+    assert [type(module) for module in converted] == [type(module) for module in source]
+    assert converted.max_seq_length == source.max_seq_length == 16
+    # Independent reference: the source model with its attention switched to the same variant.
+    source[0].auto_model.set_attn_implementation("lln_diag")
+    sentences = ["w1 w2 w3 w4 w5", "w6 w7"]
+    expected = source.encode(sentences, convert_to_tensor=True)
+    torch.testing.assert_close(converted.encode(sentences, convert_to_tensor=True), expected, rtol=0, atol=0)
+
+
+def test_hub_checkpoint_files_are_carried_over(tmp_path):
+    """A Hub id (served from a local Hub cache, offline) carries its files like a folder does."""
+    snapshot = tmp_path / "hub" / "models--me--tiny-st" / "snapshots" / ("0" * 40)
+    save_stock(snapshot, BertConfig(**TINY), "AutoModel")
+    (snapshot / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "x.Transformer"}]')
+    (snapshot / "1_Pooling").mkdir()
+    (snapshot / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (snapshot / "onnx").mkdir()
+    (snapshot / "onnx" / "model.onnx").write_bytes(b"the softmax graph")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "hf_lln.cli",
+        "convert",
+        "me/tiny-st",
+        str(tmp_path / "dst"),
+        "--variant",
+        "lln",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "carried over unchanged: 1_Pooling/config.json, modules.json" in result.stdout
+    for name in ("modules.json", "1_Pooling/config.json"):
+        assert (tmp_path / "dst" / name).read_bytes() == (snapshot / name).read_bytes()
+    assert not (tmp_path / "dst" / "onnx").exists()
+    assert "base_model: me/tiny-st" in (tmp_path / "dst" / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def converted_minilm(minilm_path, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("converted") / "minilm-lln"
+    return dst, convert_checkpoint(minilm_path, dst, variant="lln_diag", max_position=1024)
+
+
+def test_real_minilm_converts_and_reads_longer_inputs(converted_minilm):
+    dst, report = converted_minilm
     assert (report.model_class, report.new_lln_weights, report.unused_weights) == ("LLNBertModel", [], [])
     model, loading = transformers.AutoModel.from_pretrained(dst, output_loading_info=True)
     assert type(model) is hf_lln.LLNBertModel and loading["missing_keys"] == set()
@@ -126,3 +228,23 @@ def test_real_minilm_converts_and_reads_longer_inputs(minilm_path, tmp_path):
     assert data["input_ids"].shape[1] > 512
     with torch.no_grad():
         assert torch.isfinite(model(**data).last_hidden_state).all()
+
+
+def test_real_minilm_loads_in_sentence_transformers_with_its_modules(minilm_path, converted_minilm):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    dst, report = converted_minilm
+    assert {"modules.json", "sentence_bert_config.json", "1_Pooling/config.json"} <= set(report.carried_files)
+    assert report.sentence_transformers_max_seq_length == 256
+    source = SentenceTransformer(str(minilm_path), device="cpu")
+    converted = SentenceTransformer(str(dst), device="cpu")
+    assert [type(module).__name__ for module in converted] == ["Transformer", "Pooling", "Normalize"]
+    assert [type(module) for module in converted] == [type(module) for module in source]
+    assert converted.max_seq_length == source.max_seq_length == 256
+    source[0].auto_model.set_attn_implementation("lln_diag")
+    sentences = ["Linear attention keeps the cost linear.", "A much shorter one."]
+    expected = source.encode(sentences, convert_to_tensor=True)
+    embeddings = converted.encode(sentences, convert_to_tensor=True)
+    torch.testing.assert_close(embeddings, expected)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2))

@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import EvalResult, ModelCard, metadata_load
-from transformers import BertConfig
+from transformers import BertConfig, BertTokenizer
 
 from hf_lln.hub import write_model_card
-from hf_lln.models import AUTO_MODEL_CLASSES, LLNBertConfig, LLNRobertaConfig, LLNRobertaModel, modeling_lln
+from hf_lln.models import (
+    AUTO_MODEL_CLASSES,
+    LLNBertConfig,
+    LLNBertModel,
+    LLNRobertaConfig,
+    LLNRobertaModel,
+    modeling_lln,
+)
 from hf_lln.remote_code import remote_code_sources
 from tests._tiny import TINY
 
@@ -194,3 +201,80 @@ def test_save_pretrained_with_push_to_hub_uploads_after_the_remote_code_is_writt
     ((repo_id, kwargs, files),) = uploads
     assert (repo_id, kwargs) == ("me/lln-roberta", {"token": None, "commit_message": "first"})
     assert {"config.json", "model.safetensors", "modeling_lln.py", "configuration_lln.py"} <= set(files)
+
+
+CARD_SNIPPET = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoHfLln(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "hf_lln":
+                raise ModuleNotFoundError(name)
+
+    sys.meta_path.insert(0, NoHfLln())
+    try:
+        import hf_lln
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise AssertionError("hf_lln is importable")
+    import torch, transformers
+
+    snippet, text, expected_ids, expected = torch.load(sys.argv[1])
+    remote_modules_after_tokenizer = []
+    load_tokenizer = transformers.AutoTokenizer.from_pretrained.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        tokenizer = load_tokenizer(cls, *args, **kwargs)
+        remote_modules_after_tokenizer.append([name for name in sys.modules if name.startswith("transformers_modules")])
+        return tokenizer
+
+    transformers.AutoTokenizer.from_pretrained = classmethod(recording_load)
+    namespace = {}
+    exec(snippet, namespace)
+    tokenizer, model = namespace["tokenizer"], namespace["model"]
+    assert remote_modules_after_tokenizer == [[]], remote_modules_after_tokenizer
+    assert type(tokenizer).__module__.startswith("transformers.models.bert."), type(tokenizer)
+    assert type(model).__module__.startswith("transformers_modules"), type(model)
+    assert tokenizer(text)["input_ids"] == expected_ids
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**tokenizer(text, return_tensors="pt")).last_hidden_state, expected)
+    print("card snippet ran")
+    """
+)
+
+
+def test_model_card_snippet_without_hf_lln_loads_the_tokenizer_with_no_remote_code(tmp_path):
+    folder = tmp_path / "lln-tiny"
+    torch.manual_seed(0)
+    model = LLNBertModel(LLNBertConfig(**TINY, lln_variant="lln")).eval()
+    model.save_pretrained(folder)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]))
+    tokenizer = BertTokenizer(vocab_file=str(vocab))
+    tokenizer.save_pretrained(folder)
+    card = ModelCard.load(write_model_card(folder, model.config)).text
+    without = card[card.index("Without hf_lln") :]
+    assert "pip install hf-lln" in without
+    snippet = without[without.index("```python\n") + len("```python\n") :]
+    snippet = snippet[: snippet.index("```")]
+    text = "w1 w2 w3 w4 w5"
+    with torch.no_grad():
+        expected = model(**tokenizer(text, return_tensors="pt")).last_hidden_state
+    torch.save((snippet, text, tokenizer(text)["input_ids"], expected), tmp_path / "case.pt")
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", CARD_SNIPPET, str(tmp_path / "case.pt")],
+        cwd=tmp_path,  # the card names the folder by its name
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "card snippet ran" in result.stdout
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr

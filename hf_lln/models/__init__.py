@@ -10,6 +10,8 @@ _HOMES = {
     "LLNBertConfig": "configuration_lln",
     "LLNRobertaConfig": "configuration_lln",
     "register_auto_classes": "auto",
+    "to_lln": "stock",
+    "install_save_warning": "stock",
     **{
         name: "modeling_lln"
         for name in (

@@ -3,14 +3,17 @@
 Each class subclasses its stock class (same modules, same weight names, so softmax checkpoints load as they are)
 through ``LLNModelMixin``, which adds three things: the default attention implementation comes from
 ``config.lln_variant``; with a learnable ``lln_mix_mode`` every self-attention module gets an ``lln_mix``
-(``LLNMixWeights``) holding the LLN+Diag mix weights, saved with the model; and ``save_pretrained`` writes the
-remote code (``hf_lln.remote_code.export_remote_code``) so that ``trust_remote_code=True`` loads the folder without
-hf_lln installed.
+(``LLNMixWeights``) holding the LLN+Diag mix weights, saved with the model; and ``save_pretrained`` records the
+hf_lln attention the model runs as ``lln_variant`` (so a model switched with ``set_attn_implementation`` or loaded
+with ``attn_implementation=`` reloads with that attention) and writes the remote code
+(``hf_lln.remote_code.export_remote_code``) so that ``trust_remote_code=True`` loads the folder without hf_lln
+installed.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -34,6 +37,7 @@ from transformers.models.roberta.modeling_roberta import RobertaSelfAttention
 
 from hf_lln.integration.attention import register_attention_variants
 from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
+from hf_lln.variants import ATTENTION_VARIANTS
 
 # Writing remote code and uploading are hf_lln's, not the model's: a folder's remote-code copy of this module
 # carries neither (hf_lln.remote_code), and there Transformers' own save and upload take over.
@@ -68,14 +72,20 @@ class LLNModelMixin:
     _self_attention_class: type[nn.Module]
 
     def post_init(self):
-        mix_mode = self.config.lln_mix_mode
-        if mix_mode != "average":
-            for module in self.modules():
-                if isinstance(module, self._self_attention_class) and not hasattr(module, "lln_mix"):
-                    module.lln_mix = LLNMixWeights(
-                        module.num_attention_heads, module.attention_head_size, mix_mode
-                    )
+        self.add_mix_weights()
         super().post_init()
+
+    def add_mix_weights(self) -> None:
+        """Give every self-attention module that has none the ``lln_mix`` weights of ``config.lln_mix_mode`` (none
+        for ``"average"``): ``LLNMixWeights``, each ``(heads, head_dim)`` at 0.5, on the device and in the dtype of
+        the module's query weight."""
+        mix_mode = self.config.lln_mix_mode
+        if mix_mode == "average":
+            return
+        for module in self.modules():
+            if isinstance(module, self._self_attention_class) and not hasattr(module, "lln_mix"):
+                weights = LLNMixWeights(module.num_attention_heads, module.attention_head_size, mix_mode)
+                module.lln_mix = weights.to(module.query.weight)
 
     @torch.no_grad()
     def initialize_weights(self):
@@ -97,7 +107,12 @@ class LLNModelMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """``PreTrainedModel.save_pretrained``, plus the remote code and its ``auto_map`` in ``config.json``; with
-        ``push_to_hub=True`` the folder is uploaded after both are written (``repo_id`` defaults to its name)."""
+        ``push_to_hub=True`` the folder is uploaded after both are written (``repo_id`` defaults to its name).
+
+        The hf_lln attention the model runs becomes ``config.lln_variant`` first, so the folder reloads with it; a
+        model running another attention (``sdpa``, ``eager``, ...) is saved with its ``lln_variant`` and a warning.
+        """
+        self._record_attention()
         if remote_code is None:  # the remote-code copy: Transformers copies its own files
             return super().save_pretrained(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
         hub_kwargs = {
@@ -116,6 +131,21 @@ class LLNModelMixin:
             if push_to_hub:
                 repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
                 hub.push_folder_to_hub(save_directory, repo_id, token=kwargs.get("token"), **hub_kwargs)
+
+    def _record_attention(self) -> None:
+        """Set ``config.lln_variant`` to the hf_lln attention the model runs (``config._attn_implementation``);
+        warn, naming the attention and the fix, when it runs one that an LLN config cannot record."""
+        attention = self.config._attn_implementation
+        if attention in ATTENTION_VARIANTS:
+            self.config.lln_variant = attention
+            return
+        warnings.warn(
+            f"{type(self).__name__} runs attn_implementation={attention!r}, which its config cannot record: the "
+            f"saved model reloads with lln_variant={self.config.lln_variant!r}. Pass attn_implementation="
+            f"{attention!r} to from_pretrained when loading it again, or switch to an hf_lln attention with "
+            "model.set_attn_implementation(...) before saving",
+            stacklevel=3,
+        )
 
 
 class LLNBertModel(LLNModelMixin, BertModel):

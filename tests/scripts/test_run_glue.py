@@ -21,6 +21,7 @@ from transformers import (
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+import hf_lln
 from tests.scripts import load_script
 
 ROOT = Path(__file__).parents[2]
@@ -191,6 +192,36 @@ def test_linear_attentions_fine_tune(tiny_bert, tmp_path, attention):
     flags = f"--task_name sst2 --glue_dir {FIXTURES} --max_train_steps 2 --attn_implementation {attention}"
     results = run(tiny_bert, tmp_path, flags)
     assert 0.0 <= results["sst2"]["eval_accuracy"] <= 1.0
+
+
+def test_stock_checkpoint_fine_tuned_with_an_hf_lln_attention_reloads_with_it(
+    tiny_bert, tmp_path, monkeypatch
+):
+    sentences = [row[0] for row in EXPECTED["sst2"]["validation"]]
+    trained = {}
+    save_final_model = run_glue.save_final_model
+
+    def record_then_save(accelerator, model, tokenizer, *args, **kwargs):
+        unwrapped = accelerator.unwrap_model(model).eval()
+        with torch.no_grad():
+            trained["logits"] = unwrapped(**tokenizer(sentences, padding=True, return_tensors="pt")).logits
+        trained["class"] = type(unwrapped)
+        return save_final_model(accelerator, model, tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(run_glue, "save_final_model", record_then_save)
+    run(
+        tiny_bert,
+        tmp_path,
+        f"--task_name sst2 --glue_dir {FIXTURES} --max_train_steps 2 --attn_implementation lln",
+    )
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is trained["class"] is hf_lln.LLNBertForSequenceClassification
+    assert reloaded.config._attn_implementation == "lln"
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    with torch.no_grad():
+        logits = reloaded(**tokenizer(sentences, padding=True, return_tensors="pt")).logits
+    assert torch.equal(logits, trained["logits"])
+    assert "| `lln_variant` | `lln` |" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from transformers import (
     default_data_collator,
 )
 
+from hf_lln.models.configuration_lln import config_for_attention
 from hf_lln.recipes.glue.metrics import glue_metric
 from hf_lln.recipes.glue.tasks import HUB_DATASET, GlueTask
 from hf_lln.recipes.training import model_init_kwargs
@@ -43,12 +44,14 @@ def load_classifier(task: GlueTask, args: argparse.Namespace):
     """``(model, tokenizer)`` for ``task`` from ``args.model_name_or_path``, stock or LLN checkpoint.
 
     The head has ``task.num_labels`` outputs named after the task's labels (one output and MSE loss
-    for STS-B); ``--attn_implementation`` swaps the attention at load.
+    for STS-B); ``--attn_implementation`` swaps the attention at load and is recorded in the config
+    (``config_for_attention``: an hf_lln variant gives the LLN class, so the saved model reloads with it).
     """
     shared = {"trust_remote_code": args.trust_remote_code}
     config = AutoConfig.from_pretrained(
         args.model_name_or_path, num_labels=task.num_labels, finetuning_task=task.name, **shared
     )
+    config = config_for_attention(config, args.attn_implementation)
     if task.is_regression:
         config.problem_type = "regression"
     else:
