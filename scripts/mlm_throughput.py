@@ -1,10 +1,13 @@
 """MLM training throughput (tokens/s, ms per step) and peak memory per attention and sequence length;
 loss-curve comparison.
 
-Each measurement trains the preset (random tokens, BERT masking, AdamW, accelerate mixed precision,
-the same code path as run_mlm.py's step) for ``--warmup_steps`` then times ``--steps`` steps.
+Each measurement builds the preset as run_mlm.py does (``build_model``: vocabulary padded to a multiple
+of 64) and trains it on random words through ``hf_lln.recipes.training.training_step``, the function run_mlm.py's
+training loop calls: BERT masking drawn on the CPU every step, the loss projecting only the masked
+positions onto the vocabulary, backward, gradient clipping (``--max_grad_norm``), AdamW and scheduler
+steps under accelerate's mixed precision. It runs ``--warmup_steps`` steps, then times ``--steps`` steps.
 ``zero_cost`` is an attention that costs nothing (each token keeps its own value): a step with it is
-the floor the other attentions' steps are compared with (the ``x zero_cost`` column).
+the floor the other attentions' steps are compared with (the ``x zero_cost`` column); ``sdpa`` is softmax.
 With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out.
 
     python scripts/mlm_throughput.py --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
@@ -28,15 +31,23 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import AttentionInterface, AttentionMaskInterface, AutoModelForMaskedLM
+from transformers import AttentionInterface, AttentionMaskInterface, RobertaTokenizer, get_scheduler
 
 from hf_lln.integration.attention import key_padding_mask
-from hf_lln.models.configuration_lln import config_for_attention, position_offset
-from hf_lln.recipes.mlm import PRESETS, preset_config
-from hf_lln.recipes.training import LOG_HISTORY_FILE, decay_parameter_groups
+from hf_lln.models.configuration_lln import config_for_attention
+from hf_lln.recipes.mlm import PRESETS, MaskedLanguageModeling, build_model, preset_config
+from hf_lln.recipes.mlm.model import VOCABULARY_MULTIPLE
+from hf_lln.recipes.training import (
+    LOG_HISTORY_FILE,
+    apply_memory_options,
+    decay_parameter_groups,
+    training_step,
+)
 
 MASK_SHARE = 0.15
-FIRST_WORD_ID = 5  # ids below are special tokens (<s>, <pad>, </s>, <unk>, <mask>): never drawn as words
+# the presets' special tokens at their ids (bos 0, pad 1, eos 2); the ids above are words
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+FIRST_WORD_ID = len(SPECIAL_TOKENS)
 ZERO_COST = "zero_cost"
 
 
@@ -53,7 +64,7 @@ AttentionMaskInterface.register(ZERO_COST, key_padding_mask)
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config_name", default="lln-roberta-base", choices=PRESETS)
-    parser.add_argument("--attn_implementations", nargs="+", default=["sdpa", "lln", "lln_diag"])
+    parser.add_argument("--attn_implementations", nargs="+", default=[ZERO_COST, "sdpa", "lln", "lln_diag"])
     parser.add_argument("--seq_lengths", nargs="+", type=int, default=[512, 4096])
     parser.add_argument(
         "--tokens_per_batch",
@@ -72,6 +83,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=1.0,
+        help="Gradient clipping norm, as run_mlm.py's (default 1.0, its default); 0 disables.",
+    )
+    parser.add_argument(
         "--find_max_seq_length",
         action="store_true",
         help="Also find the longest sequence that fits at batch 1.",
@@ -80,36 +97,68 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--loss_curves", nargs="+", type=Path, help="Only compare these runs' log_history.json."
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.max_grad_norm < 0:
+        parser.error(f"--max_grad_norm must be non-negative, got {args.max_grad_norm}")
+    return args
 
 
-def measure(accelerator: Accelerator, args, attention: str, seq: int, batch: int) -> dict | None:
+def word_tokenizer(vocab_size: int) -> RobertaTokenizer:
+    """A tokenizer of ``vocab_size`` ids: ``SPECIAL_TOKENS`` then one word per id. The masking draws its
+    ``<mask>`` id and its random replacements from it, as run_mlm.py's does from the trained tokenizer."""
+    vocab = {token: token_id for token_id, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{token_id}": token_id for token_id in range(FIRST_WORD_ID, vocab_size)})
+    return RobertaTokenizer(vocab=vocab, merges=[])
+
+
+def random_batch(tokenizer, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch as run_mlm.py's dataloader gives it: ``input_ids``, ``attention_mask`` and
+    ``special_tokens_mask``, each ``(batch, seq)``; random words, no padding."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    input_ids = torch.randint(FIRST_WORD_ID, len(tokenizer), (batch, seq), generator=generator)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "special_tokens_mask": torch.zeros_like(input_ids).to(device),
+    }
+
+
+def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int, batch: int) -> dict | None:
     """Tokens/s and peak memory of training steps at (batch, seq); None when it does not fit in memory."""
     config = config_for_attention(preset_config(args.config_name), attention)
-    config.max_position_embeddings = seq + position_offset(config)
     if args.attention_dropout is not None:
         config.attention_probs_dropout_prob = args.attention_dropout
-    model = optimizer = None
+    model_args = argparse.Namespace(
+        model_name_or_path=None,
+        attn_implementation=attention,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    model = optimizer = scheduler = None
     try:
-        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention)
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        model = build_model(model_args, config, tokenizer, seq)
+        apply_memory_options(model, model_args)
         optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=1e-4)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        # run_mlm.py's default schedule (linear); what it costs per step does not depend on its shape
+        scheduler = get_scheduler(
+            "linear",
+            optimizer,
+            num_warmup_steps=args.warmup_steps,
+            num_training_steps=args.warmup_steps + args.steps,
+        )
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         model.train()
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        input_ids = torch.randint(FIRST_WORD_ID, config.vocab_size, (batch, seq), generator=generator)
-        labels = torch.where(torch.rand(batch, seq, generator=generator) < MASK_SHARE, input_ids, -100)
-        inputs = {"input_ids": input_ids.to(accelerator.device), "labels": labels.to(accelerator.device)}
+        inputs = random_batch(tokenizer, batch, seq, accelerator.device)
+        objective = MaskedLanguageModeling(tokenizer, MASK_SHARE, seed=0)
+        torch.manual_seed(0)  # the masks of every row are drawn from the global RNG, as in run_mlm.py
         if accelerator.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for step in range(args.warmup_steps + args.steps):
             if step == args.warmup_steps:
                 synchronize(accelerator)
                 start = time.perf_counter()
-            accelerator.backward(model(**inputs).loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            training_step(
+                accelerator, model, optimizer, scheduler, inputs, objective.loss, args.max_grad_norm
+            )
         synchronize(accelerator)
         seconds = time.perf_counter() - start
         peak = (
@@ -123,7 +172,7 @@ def measure(accelerator: Accelerator, args, attention: str, seq: int, batch: int
     except torch.OutOfMemoryError:
         return None
     finally:
-        del model, optimizer
+        del model, optimizer, scheduler
         accelerator.free_memory()
         gc.collect()
         if torch.cuda.is_available():
@@ -135,21 +184,28 @@ def synchronize(accelerator: Accelerator) -> None:
         torch.cuda.synchronize()
 
 
-def longest_fitting_length(accelerator: Accelerator, args, attention: str) -> int | None:
+def longest_fitting_length(accelerator: Accelerator, args, tokenizer, attention: str) -> int | None:
     """Double the length at batch 1 from the largest of ``--seq_lengths`` until a step runs out of memory."""
     fitted = None
     seq = max(args.seq_lengths)
     probe = argparse.Namespace(**{**vars(args), "steps": 1, "warmup_steps": 1})
-    while seq <= args.max_probe_length and measure(accelerator, probe, attention, seq, 1) is not None:
+    while (
+        seq <= args.max_probe_length and measure(accelerator, probe, tokenizer, attention, seq, 1) is not None
+    ):
         fitted = seq
         seq *= 2
     return fitted
 
 
 def throughput_table(args) -> None:
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    # as run_mlm.py's accelerator: the training step steps the scheduler once per optimizer step
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, step_scheduler_with_optimizer=False)
+    tokenizer = word_tokenizer(preset_config(args.config_name).vocab_size)
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
-    print(f"{args.config_name}, {args.mixed_precision}, {device}, {args.steps} timed steps")
+    print(
+        f"{args.config_name} (vocabulary {len(tokenizer)}, rows padded to a multiple of {VOCABULARY_MULTIPLE}), "
+        f"{args.mixed_precision}, {device}, {args.steps} timed steps"
+    )
     print("| attention | seq | batch | tokens/s | ms/step | x zero_cost | peak memory (GiB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     floor: dict[int, float] = {}
@@ -158,7 +214,7 @@ def throughput_table(args) -> None:
     for attention in attentions:
         for seq in args.seq_lengths:
             batch = max(1, args.tokens_per_batch // seq)
-            result = measure(accelerator, args, attention, seq, batch)
+            result = measure(accelerator, args, tokenizer, attention, seq, batch)
             if result is None:
                 print(f"| {attention} | {seq} | {batch} | out of memory | | | |", flush=True)
                 continue
@@ -174,7 +230,7 @@ def throughput_table(args) -> None:
         print("\n| attention | longest sequence that trains at batch 1 |")
         print("|---|---:|")
         for attention in args.attn_implementations:
-            fitted = longest_fitting_length(accelerator, args, attention)
+            fitted = longest_fitting_length(accelerator, args, tokenizer, attention)
             limit = "none fits" if fitted is None else str(fitted)
             if fitted is not None and fitted * 2 > args.max_probe_length:
                 limit += " (probe limit)"

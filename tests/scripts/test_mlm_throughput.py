@@ -1,4 +1,5 @@
-"""scripts/mlm_throughput.py: the zero-cost attention baseline and the table set against it."""
+"""scripts/mlm_throughput.py: the zero-cost attention baseline, the table set against it, and the training
+step it times being run_mlm.py's."""
 
 from __future__ import annotations
 
@@ -6,11 +7,31 @@ import sys
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoModelForMaskedLM
 
+import hf_lln.recipes.training.loop
 from hf_lln.models.configuration_lln import config_for_attention
-from hf_lln.recipes.mlm import preset_config
+from hf_lln.recipes.mlm import MaskedLanguageModeling, load_default_corpus, preset_config
 from tests.scripts import load_script
+
+TINY_TABLE = [
+    "mlm_throughput.py",
+    "--config_name",
+    "lln-roberta-tiny",
+    "--seq_lengths",
+    "32",
+    "--steps",
+    "1",
+    "--warmup_steps",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--tokens_per_batch",
+    "64",
+    "--attention_dropout",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +57,47 @@ def test_zero_cost_attention_ignores_queries_and_keys(script):
 
 
 def test_table_sets_every_attention_against_the_zero_cost_step(script, monkeypatch, capsys):
-    argv = ["mlm_throughput.py", "--config_name", "lln-roberta-tiny", "--seq_lengths", "32", "--steps", "1"]
-    argv += [
-        "--warmup_steps",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--tokens_per_batch",
-        "64",
-        "--attention_dropout",
-        "0",
-    ]
-    argv += ["--attn_implementations", "lln", "zero_cost"]
+    argv = [*TINY_TABLE, "--attn_implementations", "lln", "sdpa", "zero_cost"]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): cells for cells in rows[1:]}
+    assert list(rows) == ["zero_cost", "lln", "sdpa"]  # the floor first, then in the order asked
     assert rows["zero_cost"][5].strip() == "1.00"
-    assert float(rows["lln"][5]) > 0
+    for attention in ("lln", "sdpa"):
+        assert int(rows[attention][2]) == 2 and float(rows[attention][3].replace(",", "")) > 0
+        assert float(rows[attention][5]) > 0
+
+
+def test_the_timed_step_is_run_mlms_training_step(script, monkeypatch, capsys, tmp_path):
+    """Both scripts reach ``hf_lln.recipes.training.loop.training_step`` with the MLM objective's loss and clipping."""
+    assert script.training_step is hf_lln.recipes.training.loop.training_step
+    calls = []
+    real_step = hf_lln.recipes.training.loop.training_step
+
+    def recording_step(accelerator, model, optimizer, scheduler, batch, compute_loss, max_grad_norm):
+        calls.append((compute_loss, max_grad_norm, accelerator.unwrap_model(model).config.vocab_size))
+        return real_step(accelerator, model, optimizer, scheduler, batch, compute_loss, max_grad_norm)
+
+    monkeypatch.setattr(hf_lln.recipes.training.loop, "training_step", recording_step)
+    monkeypatch.setattr(script, "training_step", recording_step)
+    monkeypatch.setattr(sys, "argv", [*TINY_TABLE, "--attn_implementations", "lln_diag"])
+    script.main()
+    # the tiny preset's 4096 words (already a multiple of 64), one warm-up and one timed step
+    assert [(loss.__func__, norm, vocab) for loss, norm, vocab in calls] == [
+        (MaskedLanguageModeling.loss, 1.0, 4096)
+    ] * 2
+
+    calls.clear()
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n".join(load_default_corpus()["text"][:200]) + "\n")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    load_script("run_mlm").main(
+        ["--output_dir", str(tmp_path / "run"), "--train_file", str(corpus), "--tokenizer_vocab_size", "300"]
+        + ["--max_seq_length", "32", "--max_train_steps", "2", "--max_grad_norm", "0.5"]
+    )
+    # the trained 300-token vocabulary padded to 320
+    assert [(loss.__func__, norm, vocab) for loss, norm, vocab in calls] == [
+        (MaskedLanguageModeling.loss, 0.5, 320)
+    ] * 2

@@ -41,6 +41,9 @@ API:
   or every epoch, and at the end); ``tokens_in(batch) -> int`` for tokens/s. The global torch RNG
   is re-seeded before each batch from (seed, batch number, process): draw randomness (masking) in
   ``compute_loss``, not in a collate function, so that it resumes exactly.
+- ``training_step(accelerator, model, optimizer, scheduler, batch, compute_loss, max_grad_norm) -> loss``:
+  one micro-batch as ``train`` runs it (loss, backward, clipping, optimizer and scheduler steps under
+  ``accelerator.accumulate``); ``scripts/mlm_throughput.py`` times it.
 - ``TrainingSummary``: ``completed_steps, epochs, train_loss, train_runtime, train_tokens,
   tokens_per_second, eval_metrics, log_history``; ``.results()`` flattens it (``eval_`` prefix) for
   ``all_results.json``.
@@ -73,6 +76,7 @@ from hf_lln.recipes.training.loop import (
     model_loss,
     plan_training,
     train,
+    training_step,
 )
 from hf_lln.recipes.training.optim import decay_parameter_groups, make_optimizer, make_scheduler
 from hf_lln.recipes.training.setup import apply_memory_options, make_accelerator, model_init_kwargs
@@ -102,4 +106,5 @@ __all__ = [
     "save_checkpoint",
     "save_final_model",
     "train",
+    "training_step",
 ]

@@ -103,6 +103,37 @@ def model_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch).loss
 
 
+def training_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batch: Batch,
+    compute_loss: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    max_grad_norm: float,
+) -> torch.Tensor:
+    """One micro-batch of training, as :func:`train` runs it: ``compute_loss(model, batch)``, backward,
+    and, once ``--gradient_accumulation_steps`` micro-batches are in, gradient clipping to
+    ``max_grad_norm`` (0: none), the optimizer and scheduler steps and zeroed gradients. Returns the
+    scalar loss (its graph already freed by the backward).
+
+    Everything must already be ``accelerator.prepare``-d; ``accelerator.accumulate`` skips DDP's gradient
+    reduction on the micro-batches that do not step, and accelerate's prepared optimizer skips its step
+    and zeroing there. ``scripts/mlm_throughput.py`` times this very function, so what it measures is
+    what training runs.
+    """
+    with accelerator.accumulate(model):
+        loss = compute_loss(model, batch)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad()
+    return loss
+
+
 def count_tokens(batch: Batch) -> int:
     """Default token count of a batch: real tokens by ``attention_mask``, else every ``input_ids`` entry."""
     if "attention_mask" in batch:
@@ -186,15 +217,9 @@ def train(
         tick = time.perf_counter()
         for batch in batches:
             torch.manual_seed(batch_seed(args.seed, progress.micro_batches, accelerator.process_index))
-            with accelerator.accumulate(model):
-                loss = compute_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
+            loss = training_step(
+                accelerator, model, optimizer, scheduler, batch, compute_loss, args.max_grad_norm
+            )
             progress.batches_in_epoch += 1
             progress.micro_batches += 1
             window_loss += loss.detach()

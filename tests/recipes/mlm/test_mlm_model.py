@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, RobertaConfig
+from transformers import AutoModelForMaskedLM, RobertaConfig, RobertaTokenizer, pipeline
 
 from hf_lln.models.configuration_lln import config_for_attention, position_offset
 from hf_lln.recipes.mlm import (
@@ -14,6 +14,8 @@ from hf_lln.recipes.mlm import (
     preset_config,
     resolve_max_seq_length,
 )
+from hf_lln.recipes.mlm.model import PADDING_ROW_BIAS
+from hf_lln.recipes.training import decay_parameter_groups
 from tests.recipes.mlm._mlm_args import mlm_args
 
 
@@ -67,10 +69,11 @@ def test_new_model_gets_positions_for_long_sequences():
     model = build_model(args, config, FakeTokenizer(), resolve_max_seq_length(args, config))
     # RoBERTa numbers positions from pad_token_id + 1, so 1024 tokens need 1024 + 1 + 0 rows here
     assert model.config.max_position_embeddings == 1024 + FakeTokenizer.pad_token_id + 1
-    assert model.config.vocab_size == 300 and model.config.pad_token_id == 0
+    # the 300 tokens padded to a multiple of 64
+    assert model.config.vocab_size == 320 and model.config.pad_token_id == 0
     input_ids = torch.randint(4, 300, (1, 1024))
     logits = model(input_ids=input_ids).logits
-    assert logits.shape == (1, 1024, 300) and torch.isfinite(logits).all()
+    assert logits.shape == (1, 1024, 320) and torch.isfinite(logits).all()
 
 
 def test_pretrained_model_refuses_sequences_beyond_its_positions(tmp_path):
@@ -88,3 +91,59 @@ def test_pretrained_model_refuses_sequences_beyond_its_positions(tmp_path):
     with pytest.raises(ValueError, match="--max_seq_length 128 is larger than the 64 positions"):
         resolve_max_seq_length(args, config)
     assert resolve_max_seq_length(mlm_args(model_name_or_path=str(tmp_path)), config) == 64
+
+
+def word_tokenizer(size: int) -> RobertaTokenizer:
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    vocab.update({f"w{i}": i for i in range(5, size)})
+    return RobertaTokenizer(vocab=vocab, merges=[])
+
+
+def test_new_model_vocabulary_is_padded_and_padding_rows_are_never_predicted(tmp_path):
+    tokenizer = word_tokenizer(100)
+    torch.manual_seed(0)
+    args = mlm_args(max_seq_length=32)
+    model = build_model(args, preset_config("lln-roberta-tiny"), tokenizer, 32)
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows == model.config.vocab_size == 128 and len(tokenizer) == 100
+    assert model.get_output_embeddings().weight.shape[0] == 128
+
+    # a training step (AdamW with weight decay, the scripts' groups) leaves the pinned bias where it is
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.1), lr=1e-2)
+    input_ids = torch.randint(5, 100, (4, 32))
+    labels = torch.where(torch.rand(4, 32) < 0.3, input_ids, -100)
+    model.train()
+    output = model(input_ids=input_ids, labels=labels)
+    output.loss.backward()
+    bias = model.get_output_embeddings().bias
+    assert torch.equal(bias.grad[100:], torch.zeros(28))
+    optimizer.step()
+    assert torch.equal(bias[100:], torch.full((28,), PADDING_ROW_BIAS))
+    # the loss over the padded vocabulary is the loss over the real one
+    real = torch.nn.functional.cross_entropy(output.logits[..., :100].flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(output.loss, real, rtol=1e-6, atol=0)
+
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    fill_mask = pipeline("fill-mask", model=str(tmp_path), device="cpu")
+    assert fill_mask.model.config.vocab_size == 128 and len(fill_mask.tokenizer) == 100
+    predictions = fill_mask("w5 w6 <mask> w8 w9", top_k=len(tokenizer))
+    assert sorted(p["token"] for p in predictions) == list(range(100))
+    assert sum(p["score"] for p in predictions) == pytest.approx(1, rel=1e-5)
+    with torch.no_grad():
+        logits = fill_mask.model(input_ids=input_ids).logits
+    assert torch.isfinite(logits).all()
+    assert (logits[..., 100:].amax() < logits[..., :100].amin() - 1000).item()
+
+
+def test_pretrained_model_keeps_its_vocabulary_unless_the_tokenizer_is_larger(tmp_path):
+    config = RobertaConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32
+    )
+    AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path)
+    args = mlm_args(model_name_or_path=str(tmp_path))
+    assert build_model(args, config, word_tokenizer(100), 64).config.vocab_size == 100
+    grown = build_model(args, config, word_tokenizer(130), 64)
+    assert grown.config.vocab_size == 192 and grown.get_input_embeddings().weight.shape[0] == 192
+    bias = grown.get_output_embeddings().bias
+    assert (bias[:130] > -100).all() and torch.equal(bias[130:], torch.full((62,), PADDING_ROW_BIAS))
