@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from hf_lln.hub import write_model_card
+from hf_lln._permissions import make_shareable
+from hf_lln.hub import ConversionNote, write_model_card
 from hf_lln.integration.attention import ATTENTION_VARIANTS, LLN_CONFIG_DEFAULTS
 from hf_lln.models.configuration_lln import LLNBertConfig, LLNRobertaConfig
 from hf_lln.models.modeling_lln import AUTO_MODEL_CLASSES
@@ -137,18 +138,27 @@ def convert_checkpoint(
             f"mismatched {sorted(loading['mismatched_keys'])}"
         )
     tokenizer = _tokenizer_or_none(src)
+    original_positions = None
     if max_position is not None:
+        original_positions = config.max_position_embeddings - position_offset(config)
         model = extend_position_embeddings(model, max_position)
         if tokenizer is not None:
             tokenizer.model_max_length = max_position
     dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    staging = _staging_folder(dst)
     try:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         base_model = None if Path(src).exists() else str(src)
-        write_model_card(staging, model.config, model_name=dst.name, base_model=base_model)
+        write_model_card(
+            staging,
+            model.config,
+            model_name=dst.name,
+            base_model=base_model,
+            conversion=ConversionNote(base_model or Path(src).resolve().name, original_positions),
+        )
+        make_shareable(staging)  # safetensors writes its files 0600 whatever the umask
         os.replace(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -158,6 +168,18 @@ def convert_checkpoint(
         unused_weights=sorted(loading["unexpected_keys"]),
         max_position_embeddings=model.config.max_position_embeddings,
     )
+
+
+def _staging_folder(dst: Path) -> Path:
+    """A new hidden folder beside ``dst`` with the umask's mode (``tempfile.mkdtemp`` makes it 0700, and the
+    rename would carry that private mode to ``dst``)."""
+    while True:
+        staging = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
 
 
 def _tokenizer_or_none(src):
@@ -187,6 +209,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.src).exists():
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(args.src)
+        except HFValidationError:
+            raise ValueError(f"src {args.src}: no such folder (and not a Hub model id)") from None
     report = convert_checkpoint(
         args.src,
         args.dst,

@@ -17,11 +17,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from hf_lln._permissions import file_mode
 from hf_lln.integration.attention import ATTENTION_VARIANTS, LLN_CONFIG_DEFAULTS
 
 PACKAGE = "hf_lln"
@@ -46,6 +48,49 @@ VARIANT_DESCRIPTIONS = {
     "cosformer": "cosFormer attention (Qin et al., 2022): ReLU features with a cosine re-weighting by position.",
 }
 SOFTMAX_DESCRIPTION = "ordinary softmax attention (the quadratic baseline)."
+
+# The config fields each variant's attention function reads (hf_lln.integration.attention): the card shows
+# only these. (A seam for the variant registry, which may come to own this list.)
+VARIANT_SETTINGS = {
+    "lln_diag": ("lln_block_size", "lln_mix_mode", "lln_eps", "lln_stats"),
+    "lln": ("lln_eps", "lln_stats"),
+    "linear_elu": ("lln_eps",),
+    "cosformer": ("lln_eps",),
+    "performer": ("lln_eps", "lln_performer_features", "lln_performer_seed"),
+    "cheap_linear": (),
+}
+# Until hf_lln is on PyPI, the card says how to install it for real.
+INSTALL_INSTRUCTIONS = (
+    "hf_lln is not on PyPI yet: install it from its git repository (`pip install git+<repository URL>`) or from a "
+    "local clone (`pip install ./hf_lln`)"
+)
+
+
+@dataclass(frozen=True)
+class ConversionNote:
+    """How ``hf-lln convert`` made a model, for its card: ``source``, the softmax checkpoint (a Hub id, or a
+    local folder's name), and ``source_positions``, the tokens the source read when the position table was
+    extended (None when it was not)."""
+
+    source: str
+    source_positions: int | None = None
+
+
+def attention_settings(config, variant: str) -> dict[str, object]:
+    """The ``lln_*`` settings the variant's attention reads, with the values in effect (``lln_block_size``
+    None is the head size); empty for softmax and for variants that read none."""
+    if variant not in ATTENTION_VARIANTS:
+        return {}
+    settings = {"lln_variant": variant}
+    for name in VARIANT_SETTINGS.get(variant, tuple(LLN_CONFIG_DEFAULTS)):
+        if name == "lln_variant":
+            continue
+        value = getattr(config, name, LLN_CONFIG_DEFAULTS[name])
+        if name == "lln_block_size" and value is None:
+            head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            value = f"{head_size} (the head size)"
+        settings[name] = value
+    return settings
 
 PIPELINE_TAGS = {
     "ForMaskedLM": "fill-mask",
@@ -83,6 +128,7 @@ def build_model_card(
     datasets: Sequence[str] = (),
     eval_results: Sequence[EvalResult] = (),
     training_summary: str | None = None,
+    conversion: ConversionNote | None = None,
 ) -> ModelCard:
     """The model card of an LLN model: metadata (library, tags, datasets, base model, a ``model-index`` from
     ``eval_results`` when there are some) and the body from ``model_cards/lln_model_card.md``.
@@ -111,9 +157,11 @@ def build_model_card(
         model_name=model_name,
         pipeline_tag=pipeline_tag,
     )
-    # What the attention functions read: the config's lln_* fields, the defaults for a stock config.
-    settings = {name: getattr(config, name, default) for name, default in LLN_CONFIG_DEFAULTS.items()}
-    settings = {**settings, "lln_variant": variant} if variant in ATTENTION_VARIANTS else {}
+    # What the attention function reads: the config's lln_* fields, the defaults for a stock config.
+    settings = attention_settings(config, variant)
+    positions = config.max_position_embeddings - (
+        config.pad_token_id + 1 if "roberta" in config.model_type else 0
+    )
     auto_class = "AutoModel" + (architecture[architecture.index("For") :] if "For" in architecture else "")
     return ModelCard.from_template(
         card_data,
@@ -127,6 +175,10 @@ def build_model_card(
         base_model=base_model,
         training_summary=training_summary,
         results=eval_results_table(eval_results),
+        conversion=conversion,
+        source_is_hub=conversion is not None and conversion.source == base_model,
+        positions=positions,
+        install=INSTALL_INSTRUCTIONS,
     )
 
 
@@ -139,6 +191,7 @@ def write_model_card(
     datasets: Sequence[str] = (),
     eval_results: Sequence[EvalResult] = (),
     training_summary: str | None = None,
+    conversion: ConversionNote | None = None,
 ) -> Path:
     """Build the model card (``build_model_card``; ``model_name`` defaults to the folder's name) and write it to
     ``output_dir/README.md``; returns that path."""
@@ -150,6 +203,7 @@ def write_model_card(
         datasets=datasets,
         eval_results=eval_results,
         training_summary=training_summary,
+        conversion=conversion,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "README.md"
@@ -185,6 +239,8 @@ def _write_atomically(path: Path, text: str) -> None:
         "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
     ) as file:
         file.write(text)
+    # NamedTemporaryFile creates 0600: give the file the mode the user's umask gives any new file
+    os.chmod(file.name, file_mode())
     os.replace(file.name, path)
 
 
