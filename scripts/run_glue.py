@@ -92,8 +92,12 @@ def finetune(
         train_dl = make_dataloader(encoded["train"], collate, args.per_device_train_batch_size, shuffle=True)
         eval_splits = [split for split in task.validation_splits if split in encoded]
         test_splits = [split for split in task.test_splits if split in encoded]
-        eval_dls = [make_dataloader(encoded[s], collate, args.per_device_eval_batch_size) for s in eval_splits]
-        test_dls = [make_dataloader(encoded[s], collate, args.per_device_eval_batch_size) for s in test_splits]
+        eval_dls = [
+            make_dataloader(encoded[s], collate, args.per_device_eval_batch_size) for s in eval_splits
+        ]
+        test_dls = [
+            make_dataloader(encoded[s], collate, args.per_device_eval_batch_size) for s in test_splits
+        ]
 
         optimizer = make_optimizer(model, args)
         model, optimizer, train_dl, *loaders = accelerator.prepare(
@@ -108,7 +112,15 @@ def finetune(
             return evaluate_splits(accelerator, model, eval_dls, task)
 
         summary = train(
-            accelerator, args, model, optimizer, scheduler, train_dl, plan, evaluate=evaluate, data_fingerprint=data
+            accelerator,
+            args,
+            model,
+            optimizer,
+            scheduler,
+            train_dl,
+            plan,
+            evaluate=evaluate,
+            data_fingerprint=data,
         )
 
         for split, dataloader in test_dls.items():
@@ -129,8 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
     task_names = check_glue_arguments(args)
     several = len(task_names) > 1
-    # Every argument, the model's config and every task's output folder (unused, or resumed by the same
-    # run) are checked, then every task's data is read (and checked), before the first model is trained.
+    # Every argument, the model's config (which sets an unset --max_length) and every task's output folder
+    # (unused, or resumed by the same run) are checked, then every task's data is read (and checked), before
+    # the first model is trained.
     check_model_inputs(args)
     runs = [(get_task(name), task_arguments(args, name, several)) for name in task_names]
     data = {

@@ -140,9 +140,18 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, capsys):
     save_stock(src, BertConfig(**TINY))
     capsys.readouterr()
     for argv, message in [
-        (["convert", str(src), str(src)], f"hf-lln convert: error: dst {src} already exists; choose a new folder\n"),
-        (["convert", "/nonexistent/bert", str(tmp_path / "x")], "hf-lln convert: error: src /nonexistent/bert: no such folder"),
-        (["convert", str(src), str(tmp_path / "y"), "--max-position", "10"], "hf-lln convert: error: max_position must exceed"),
+        (
+            ["convert", str(src), str(src)],
+            f"hf-lln convert: error: dst {src} already exists; choose a new folder\n",
+        ),
+        (
+            ["convert", "/nonexistent/bert", str(tmp_path / "x")],
+            "hf-lln convert: error: src /nonexistent/bert: no such folder",
+        ),
+        (
+            ["convert", str(src), str(tmp_path / "y"), "--max-position", "10"],
+            "hf-lln convert: error: max_position must exceed",
+        ),
     ]:
         assert main(argv) == 2
         captured = capsys.readouterr()

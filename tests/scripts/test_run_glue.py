@@ -95,7 +95,9 @@ def test_all_nine_tasks_train_evaluate_predict_and_save(tiny_bert, tmp_path):
         assert (task_dir / "model.safetensors").is_file()
         card = (task_dir / "README.md").read_text()
         assert "model-index" in card and f"config: {task}" in card
-        assert str(FIXTURES) not in card and "(the GLUE TSV files)" in card  # no local path in a published card
+        assert (
+            str(FIXTURES) not in card and "(the GLUE TSV files)" in card
+        )  # no local path in a published card
         evaluations = [
             entry
             for entry in json.loads((task_dir / "log_history.json").read_text())
@@ -234,8 +236,14 @@ def test_bad_input_fails_before_training(tiny_bert, tmp_path, flags, error, matc
     ("flags", "match"),
     [
         # a 256-position model: before, the first batch failed 19 frames deep in BERT's embeddings
-        (["--max_length", "2048"], "--max_length 2048 is larger than the 256 positions of --model_name_or_path"),
-        (["--model_name_or_path", "/nonexistent/model"], "--model_name_or_path /nonexistent/model: no such file"),
+        (
+            ["--max_length", "2048"],
+            "--max_length 2048 is larger than the 256 positions of --model_name_or_path",
+        ),
+        (
+            ["--model_name_or_path", "/nonexistent/model"],
+            "--model_name_or_path /nonexistent/model: no such file",
+        ),
         (["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan"),
         (["--attn_implementation", "lln_dag"], "'lln_dag' is not an attention implementation"),
     ],

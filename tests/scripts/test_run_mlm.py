@@ -160,7 +160,9 @@ def test_sequences_beyond_a_pretrained_models_positions_fail(tmp_path, trained):
 def test_resume_from_another_models_checkpoint_fails(tmp_path, trained):
     output_dir = tmp_path / "run"
     run(output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2")
-    with pytest.raises(ValueError, match="--config_name lln-roberta-tiny in the checkpoint, lln-roberta-small now"):
+    with pytest.raises(
+        ValueError, match="--config_name lln-roberta-tiny in the checkpoint, lln-roberta-small now"
+    ):
         run(
             output_dir,
             "--max_train_steps",
@@ -181,10 +183,21 @@ def test_a_run_into_another_runs_folder_neither_resumes_nor_overwrites_it(tmp_pa
     weights = (output_dir / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="is not empty .*pass --overwrite_output_dir"):
         run(output_dir, *data, "--max_train_steps", "3")
-    with pytest.raises(ValueError, match="no complete checkpoint of this run .*--max_train_steps 4 in the checkpoint, 3 now"):
+    with pytest.raises(
+        ValueError, match="no complete checkpoint of this run .*--max_train_steps 4 in the checkpoint, 3 now"
+    ):
         run(output_dir, *data, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
     with pytest.raises(ValueError, match="--learning_rate 0.002 in the checkpoint, 0.001 now"):
-        run(output_dir, *data, "--max_train_steps", "4", "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest")
+        run(
+            output_dir,
+            *data,
+            "--max_train_steps",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--resume_from_checkpoint",
+            "latest",
+        )
     assert (output_dir / "model.safetensors").read_bytes() == weights  # nothing was touched
     # the same run resumes (at its end: nothing more to train)
     resumed = run(output_dir, *data, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
@@ -206,7 +219,10 @@ def test_a_run_failing_after_training_its_tokenizer_leaves_no_folder(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--model_name_or_path", "/nonexistent/model"], "--model_name_or_path /nonexistent/model: no such file or folder"),
+        (
+            ["--model_name_or_path", "/nonexistent/model"],
+            "--model_name_or_path /nonexistent/model: no such file or folder",
+        ),
         (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
         (["--attn_implementation", "lnn"], "'lnn' is not an attention implementation"),
     ],

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from hf_lln.recipes.glue.tasks import GlueTask, resolve_task_names
-from hf_lln.recipes.training import check_model_source, check_training_arguments, latest_checkpoint, run_arguments
+from hf_lln.recipes.training import (
+    check_model_source,
+    check_training_arguments,
+    latest_checkpoint,
+    run_arguments,
+)
+
+
+DEFAULT_MAX_LENGTH = 128
 
 
 def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +35,12 @@ def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Train on a seeded random subset of this many rows.",
     )
-    data.add_argument("--max_length", type=int, default=128, help="Truncate inputs to this many tokens.")
+    data.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help=f"Truncate inputs to this many tokens (default: {DEFAULT_MAX_LENGTH}, or the model's positions when fewer).",
+    )
     data.add_argument("--pad_to_max_length", action="store_true", help="Pad every row to --max_length.")
     model = parser.add_argument_group("model")
     model.add_argument(

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from hf_lln.convert import position_offset
+from hf_lln.recipes.glue.arguments import DEFAULT_MAX_LENGTH
 from hf_lln.recipes.glue.metrics import glue_metric
 from hf_lln.recipes.glue.tasks import HUB_DATASET, GlueTask
 from hf_lln.recipes.training import model_init_kwargs
@@ -44,16 +45,21 @@ _METRIC_TYPES = {"pearson": "pearsonr"}
 def check_model_inputs(args: argparse.Namespace) -> None:
     """``ValueError`` before any data is read or folder made: the config of ``--model_name_or_path`` must
     load, and ``--max_length`` must fit its position embeddings (else the first batch of long rows fails
-    deep inside the embeddings)."""
+    deep inside the embeddings). An unset ``--max_length`` becomes 128, or the model's positions when fewer."""
     try:
         config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     except OSError as error:
-        raise ValueError(f"--model_name_or_path {args.model_name_or_path}: cannot load its config: {error}") from None
+        raise ValueError(
+            f"--model_name_or_path {args.model_name_or_path}: cannot load its config: {error}"
+        ) from None
     positions = getattr(config, "max_position_embeddings", None)
     if positions is None or not isinstance(getattr(config, "model_type", None), str):
+        args.max_length = args.max_length or DEFAULT_MAX_LENGTH
         return
     usable = positions - (position_offset(config) if config.pad_token_id is not None else 0)
-    if args.max_length > usable:
+    if args.max_length is None:
+        args.max_length = min(DEFAULT_MAX_LENGTH, usable)
+    elif args.max_length > usable:
         raise ValueError(
             f"--max_length {args.max_length} is larger than the {usable} positions of --model_name_or_path "
             f"{args.model_name_or_path}; use --max_length {usable} or less (or extend the model's positions with "

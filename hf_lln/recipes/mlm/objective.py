@@ -6,6 +6,7 @@ import math
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from hf_lln.recipes.training.loop import Batch
@@ -68,7 +69,9 @@ class MaskedLanguageModeling:
         """``loss`` (mean over all masked tokens of the split) and ``perplexity`` = exp(loss)."""
         model.eval()
         loss_sums, counts = [], []
-        for batch in dataloader:
+        for batch in tqdm(
+            dataloader, desc="evaluate", leave=False, disable=not accelerator.is_local_main_process
+        ):
             inputs = self.evaluation_mask(batch)
             labels = inputs.pop("labels")
             logits = model(**inputs).logits.float()

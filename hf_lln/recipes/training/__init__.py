@@ -21,7 +21,7 @@ A script, in order::
                      log_history=summary.log_history, card={...})
     accelerator.end_training()
 
-Shared flags (``add_training_arguments``): ``--output_dir --seed --per_device_train_batch_size
+Shared flags (``add_training_arguments``): ``--output_dir --overwrite_output_dir --seed --per_device_train_batch_size
 --per_device_eval_batch_size --learning_rate --weight_decay --adam_beta1 --adam_beta2 --adam_epsilon
 --max_grad_norm --lr_scheduler_type --num_warmup_steps --num_train_epochs --max_train_steps
 --gradient_accumulation_steps --mixed_precision --gradient_checkpointing --attn_implementation

@@ -234,7 +234,9 @@ def _registered_attention(name: str) -> None:
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if name in known or "/" in name or name.removeprefix("paged|") in known:
         return
-    raise ValueError(f"--attn_implementation {name!r} is not an attention implementation; known: {', '.join(known)}")
+    raise ValueError(
+        f"--attn_implementation {name!r} is not an attention implementation; known: {', '.join(known)}"
+    )
 
 
 def check_model_source(flag: str, value: str | None) -> None:

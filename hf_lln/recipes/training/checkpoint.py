@@ -200,7 +200,9 @@ def run_differences(recorded: Mapping, current: Mapping) -> list[str]:
     differences = []
     for name in sorted(recorded.keys() & current.keys()):
         before, now = recorded[name], current[name]
-        both_nan = isinstance(before, float) and isinstance(now, float) and math.isnan(before) and math.isnan(now)
+        both_nan = (
+            isinstance(before, float) and isinstance(now, float) and math.isnan(before) and math.isnan(now)
+        )
         if before != now and not both_nan:
             differences.append(f"--{name} {_shown(before)} in the checkpoint, {_shown(now)} now")
     return differences
@@ -281,9 +283,7 @@ def _grouped(skipped: list[tuple[str, str]]) -> list[str]:
     return [f"{', '.join(names)} ({reason})" for reason, names in reasons.items()]
 
 
-def find_checkpoint(
-    resume_from_checkpoint: str, output_dir: Path, arguments: Mapping | None = None
-) -> Path:
+def find_checkpoint(resume_from_checkpoint: str, output_dir: Path, arguments: Mapping | None = None) -> Path:
     """Resolve ``--resume_from_checkpoint``: a folder path, or ``"latest"``, the newest complete checkpoint
     in ``output_dir`` of this run (``arguments``, see :func:`run_arguments`; any run when None).
 

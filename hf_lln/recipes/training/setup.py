@@ -69,7 +69,9 @@ def clear_previous_run(output_dir: Path) -> None:
             continue
         removed.append(path.name)
     if removed:
-        logger.warning("--overwrite_output_dir: deleted the earlier run's %s from %s", ", ".join(removed), output_dir)
+        logger.warning(
+            "--overwrite_output_dir: deleted the earlier run's %s from %s", ", ".join(removed), output_dir
+        )
 
 
 @contextlib.contextmanager
@@ -93,7 +95,9 @@ def removed_on_failure(output_dir: str | Path) -> Iterator[None]:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
             else:
                 shutil.rmtree(path, ignore_errors=True)
-            logger.info("the run failed before writing a checkpoint or model: removed what it wrote in %s", path)
+            logger.info(
+                "the run failed before writing a checkpoint or model: removed what it wrote in %s", path
+            )
         raise
 
 

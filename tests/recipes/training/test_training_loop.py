@@ -229,7 +229,9 @@ def test_fingerprint_ignores_wrappers_and_sees_shapes():
 
 def test_a_new_run_into_a_used_folder_is_refused_unless_it_overwrites(tmp_path):
     run(parse(tmp_path, "--max_train_steps", "6", "--checkpointing_steps", "2"))
-    with pytest.raises(ValueError, match=r"is not empty \(it holds .*step_2.*\): pass --overwrite_output_dir"):
+    with pytest.raises(
+        ValueError, match=r"is not empty \(it holds .*step_2.*\): pass --overwrite_output_dir"
+    ):
         parse(tmp_path, "--max_train_steps", "3")
     with pytest.raises(ValueError, match="give only one"):
         parse(tmp_path, "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
@@ -248,9 +250,14 @@ def test_latest_takes_only_this_runs_checkpoints_and_names_what_differs(tmp_path
     for step in (4, 6):
         shutil.copytree(older / f"step_{step}", newer / f"step_{step}")
     with caplog.at_level(logging.WARNING):
-        args = parse(newer, "--max_train_steps", "3", "--learning_rate", "0.01", "--resume_from_checkpoint", "latest")
+        args = parse(
+            newer, "--max_train_steps", "3", "--learning_rate", "0.01", "--resume_from_checkpoint", "latest"
+        )
     assert Path(args.resume_from_checkpoint) == newer / "step_2"
-    assert "skipped step_6, step_4 (another run's, with --learning_rate 0.05 in the checkpoint, 0.01 now; " in caplog.text
+    assert (
+        "skipped step_6, step_4 (another run's, with --learning_rate 0.05 in the checkpoint, 0.01 now; "
+        in caplog.text
+    )
     assert "--max_train_steps 6 in the checkpoint, 3 now" in caplog.text
     # another learning rate, step budget or seed is another run, also when the checkpoint is named
     for flags, difference in [
@@ -259,17 +266,31 @@ def test_latest_takes_only_this_runs_checkpoints_and_names_what_differs(tmp_path
     ]:
         with pytest.raises(ValueError, match=f"belongs to another run, with {difference}"):
             parse(older, "--max_train_steps", "6", *flags, "--resume_from_checkpoint", str(older / "step_4"))
-    with pytest.raises(ValueError, match="no complete checkpoint of this run .*--max_train_steps 6 in the checkpoint, 9 now"):
+    with pytest.raises(
+        ValueError, match="no complete checkpoint of this run .*--max_train_steps 6 in the checkpoint, 9 now"
+    ):
         parse(older, "--max_train_steps", "9", "--resume_from_checkpoint", "latest")
     # what may change on resume: logging and evaluation cadence, checkpointing, tracking
-    parse(older, "--max_train_steps", "6", "--logging_steps", "5", "--eval_steps", "3", "--resume_from_checkpoint", "latest")
+    parse(
+        older,
+        "--max_train_steps",
+        "6",
+        "--logging_steps",
+        "5",
+        "--eval_steps",
+        "3",
+        "--resume_from_checkpoint",
+        "latest",
+    )
 
 
 def test_resume_with_other_training_data_is_refused(tmp_path):
     args = parse(tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")
     run(args, data_fingerprint="a" * 32)
     resumed = parse(tmp_path, "--max_train_steps", "4", "--resume_from_checkpoint", str(tmp_path / "step_2"))
-    with pytest.raises(ValueError, match="another run, with the training data: fingerprint a+ in the checkpoint, b+ now"):
+    with pytest.raises(
+        ValueError, match="another run, with the training data: fingerprint a+ in the checkpoint, b+ now"
+    ):
         run(resumed, data_fingerprint="b" * 32)
     summary, _ = run(resumed, data_fingerprint="a" * 32)
     assert summary.completed_steps == 4
@@ -283,8 +304,12 @@ def test_data_fingerprint_follows_the_content_and_order():
     assert data_fingerprint({"train": datasets.Dataset.from_dict(edited)}) != base
     dataset = datasets.Dataset.from_dict(rows)
     shuffled = dataset.shuffle(seed=0).select(range(3))
-    assert data_fingerprint({"train": shuffled}) == data_fingerprint({"train": dataset.shuffle(seed=0).select(range(3))})
-    assert data_fingerprint({"train": shuffled}) != data_fingerprint({"train": dataset.shuffle(seed=1).select(range(3))})
+    assert data_fingerprint({"train": shuffled}) == data_fingerprint(
+        {"train": dataset.shuffle(seed=0).select(range(3))}
+    )
+    assert data_fingerprint({"train": shuffled}) != data_fingerprint(
+        {"train": dataset.shuffle(seed=1).select(range(3))}
+    )
     assert data_fingerprint({"train": dataset.select(range(3))}) != base
 
 
@@ -317,7 +342,9 @@ def test_a_damaged_checkpoint_of_the_right_size_fails_to_load_with_its_path(tmp_
     data[:8] = b"\xff" * 8  # the header length: garbage
     weights.write_bytes(bytes(data))
     args = parse(tmp_path, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
-    with pytest.raises(ValueError, match=f"--resume_from_checkpoint {tmp_path / 'step_2'}: the checkpoint cannot be loaded"):
+    with pytest.raises(
+        ValueError, match=f"--resume_from_checkpoint {tmp_path / 'step_2'}: the checkpoint cannot be loaded"
+    ):
         run(args)
 
 
