@@ -61,8 +61,8 @@ VARIANT_SETTINGS = {
 }
 # Until hf_lln is on PyPI, the card says how to install it for real.
 INSTALL_INSTRUCTIONS = (
-    "hf_lln is not on PyPI yet: install it from its git repository (`pip install git+<repository URL>`) or from a "
-    "local clone (`pip install ./hf_lln`)"
+    "Install hf_lln from its git repository (`pip install git+<repository URL>`) or from a local clone "
+    "(`pip install -e path/to/hf_lln`); it is not on PyPI yet."
 )
 
 
@@ -159,9 +159,9 @@ def build_model_card(
     )
     # What the attention function reads: the config's lln_* fields, the defaults for a stock config.
     settings = attention_settings(config, variant)
-    positions = config.max_position_embeddings - (
-        config.pad_token_id + 1 if "roberta" in config.model_type else 0
-    )
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and "roberta" in config.model_type and config.pad_token_id is not None:
+        positions -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
     auto_class = "AutoModel" + (architecture[architecture.index("For") :] if "For" in architecture else "")
     return ModelCard.from_template(
         card_data,
