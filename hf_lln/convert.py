@@ -27,8 +27,8 @@ import fnmatch
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,8 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from hf_lln.hub import write_model_card
+from hf_lln._permissions import make_shareable
+from hf_lln.hub import ConversionNote, write_model_card
 from hf_lln.models.configuration_lln import LLN_SETTINGS_DEFAULTS, lln_config_from, position_offset
 from hf_lln.models.modeling_lln import AUTO_MODEL_CLASSES
 from hf_lln.ops.lln_diag import MIX_MODES
@@ -159,20 +160,28 @@ def convert_checkpoint(
     is_local = Path(src).exists()
     source = Path(src) if is_local else Path(snapshot_download(str(src), ignore_patterns=list(NOT_CARRIED)))
     length_setting = sentence_transformers_length_setting(source)
+    original_positions = None
     if max_position is not None:
+        original_positions = config.max_position_embeddings - position_offset(config)
         model = extend_position_embeddings(model, max_position)
         if tokenizer is not None and length_setting != "tokenizer":
             tokenizer.model_max_length = max_position
     dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    staging = _staging_folder(dst)
     try:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        base_model = None if is_local else str(src)
         write_model_card(
-            staging, model.config, model_name=dst.name, base_model=None if is_local else str(src)
+            staging,
+            model.config,
+            model_name=dst.name,
+            base_model=base_model,
+            conversion=ConversionNote(base_model or Path(src).resolve().name, original_positions),
         )
         carried, left_out = carry_files(source, staging)
+        make_shareable(staging)  # safetensors writes its files 0600 whatever the umask
         os.replace(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -223,6 +232,18 @@ def carry_files(source: Path, target: Path) -> tuple[list[str], list[str]]:
     return carried, left_out
 
 
+def _staging_folder(dst: Path) -> Path:
+    """A new hidden folder beside ``dst`` with the umask's mode (``tempfile.mkdtemp`` makes it 0700, and the
+    rename would carry that private mode to ``dst``)."""
+    while True:
+        staging = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
+
+
 def _tokenizer_or_none(src):
     try:
         return AutoTokenizer.from_pretrained(src)
@@ -250,6 +271,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.src).exists():
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(args.src)
+        except HFValidationError:
+            raise ValueError(f"src {args.src}: no such folder (and not a Hub model id)") from None
     report = convert_checkpoint(
         args.src,
         args.dst,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from hf_lln._permissions import file_mode
 from hf_lln.models.configuration_lln import lln_settings
 from hf_lln.variants import VARIANTS, description
 
@@ -23,6 +25,38 @@ PIPELINE_TAGS = {
     "ForMultipleChoice": "multiple-choice",
     "Model": "feature-extraction",
 }
+
+# Until hf_lln is on PyPI, the card says how to install it for real.
+INSTALL_INSTRUCTIONS = (
+    "Install hf_lln from its git repository (`pip install git+<repository URL>`) or from a local clone "
+    "(`pip install -e path/to/hf_lln`); it is not on PyPI yet."
+)
+
+
+@dataclass(frozen=True)
+class ConversionNote:
+    """How ``hf-lln convert`` made a model, for its card: ``source``, the softmax checkpoint (a Hub id, or a
+    local folder's name), and ``source_positions``, the tokens the source read when the position table was
+    extended (None when it was not)."""
+
+    source: str
+    source_positions: int | None = None
+
+
+def attention_settings(config, variant: str) -> dict[str, object]:
+    """The ``lln_*`` settings the variant's attention reads (``hf_lln.variants``), with the values in effect
+    (``lln_block_size`` None is the head size); empty for softmax."""
+    if variant not in VARIANTS:
+        return {}
+    values = lln_settings(config)
+    settings = {"lln_variant": variant}
+    for name in VARIANTS[variant].settings:
+        value = values[name]
+        if name == "lln_block_size" and value is None:
+            head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            value = f"{head_size} (the head size)"
+        settings[name] = value
+    return settings
 
 
 def _architecture(config) -> str:
@@ -51,6 +85,7 @@ def build_model_card(
     datasets: Sequence[str] = (),
     eval_results: Sequence[EvalResult] = (),
     training_summary: str | None = None,
+    conversion: ConversionNote | None = None,
 ) -> ModelCard:
     """The model card of an LLN model: metadata (library, tags, datasets, base model, a ``model-index`` from
     ``eval_results`` when there are some) and the body from ``model_cards/lln_model_card.md``.
@@ -79,13 +114,11 @@ def build_model_card(
         model_name=model_name,
         pipeline_tag=pipeline_tag,
     )
-    # What the attention functions read: the config's lln_* fields, the defaults for a stock config.
-    settings = lln_settings(config)
-    settings = (
-        {"lln_variant": variant, **{name: settings[name] for name in VARIANTS[variant].settings}}
-        if variant in VARIANTS
-        else {}
-    )
+    # What the attention function reads: the config's lln_* fields, the defaults for a stock config.
+    settings = attention_settings(config, variant)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and "roberta" in config.model_type and config.pad_token_id is not None:
+        positions -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
     auto_class = "AutoModel" + (architecture[architecture.index("For") :] if "For" in architecture else "")
     return ModelCard.from_template(
         card_data,
@@ -99,6 +132,10 @@ def build_model_card(
         base_model=base_model,
         training_summary=training_summary,
         results=eval_results_table(eval_results),
+        conversion=conversion,
+        source_is_hub=conversion is not None and conversion.source == base_model,
+        positions=positions,
+        install=INSTALL_INSTRUCTIONS,
     )
 
 
@@ -111,6 +148,7 @@ def write_model_card(
     datasets: Sequence[str] = (),
     eval_results: Sequence[EvalResult] = (),
     training_summary: str | None = None,
+    conversion: ConversionNote | None = None,
 ) -> Path:
     """Build the model card (``build_model_card``; ``model_name`` defaults to the folder's name) and write it to
     ``output_dir/README.md``; returns that path."""
@@ -122,6 +160,7 @@ def write_model_card(
         datasets=datasets,
         eval_results=eval_results,
         training_summary=training_summary,
+        conversion=conversion,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "README.md"
@@ -157,4 +196,6 @@ def _write_atomically(path: Path, text: str) -> None:
         "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
     ) as file:
         file.write(text)
+    # NamedTemporaryFile creates 0600: give the file the mode the user's umask gives any new file
+    os.chmod(file.name, file_mode())
     os.replace(file.name, path)

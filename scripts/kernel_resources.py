@@ -51,7 +51,7 @@ def kernel_specs(
         ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half}, plan.warps, stages),
         ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "HALF": half, "DROPOUT": False}, plan.warps, stages),
         ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag, plan.stages_diag),
-        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half}, plan.warps_query, stages),
+        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half}, plan.warps_query, plan.stages_query),
         ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag_backward, plan.stages_diag),
         ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, plan.warps, stages),
         ("cheap_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half}, plan.warps, stages),

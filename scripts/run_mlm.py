@@ -37,18 +37,23 @@ from hf_lln.recipes.training import (
     add_training_arguments,
     apply_memory_options,
     check_checkpoint_model,
+    check_checkpoint_run,
     check_training_arguments,
+    data_fingerprint,
     make_accelerator,
     make_optimizer,
     make_scheduler,
     model_fingerprint,
     plan_training,
+    removed_on_failure,
     save_final_model,
     train,
 )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, every one checked (``ValueError`` naming the flag) before any work is done: the output
+    folder must be unused unless the run resumes (a checkpoint of this same run) or overwrites it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_mlm_arguments(parser)
     add_training_arguments(parser)
@@ -61,48 +66,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    accelerator = make_accelerator(args, "mlm")
+    # the config and the sequence length are checked before the output folder, data or tokenizer exist
     config = load_config(args)
     max_seq_length = resolve_max_seq_length(args, config)
-    raw = load_raw_datasets(args)
-    tokenizer = tokenizer_for_run(
-        args, config, raw["train"], text_column(raw["train"]), max_seq_length, accelerator
-    )
-    model = build_model(args, config, tokenizer, max_seq_length)
-    if args.resume_from_checkpoint is not None:
-        check_checkpoint_model(args.resume_from_checkpoint, model_fingerprint(model))
-    apply_memory_options(model, args)
+    with removed_on_failure(args.output_dir):
+        accelerator = make_accelerator(args, "mlm")
+        raw = load_raw_datasets(args)
+        # the content of the data is part of the run's identity, checked on resume (hashed only when needed)
+        data = (
+            data_fingerprint(raw)
+            if args.checkpointing_steps is not None or args.resume_from_checkpoint is not None
+            else None
+        )
+        if args.resume_from_checkpoint is not None:
+            check_checkpoint_run(args.resume_from_checkpoint, data=data)
+        tokenizer = tokenizer_for_run(
+            args, config, raw["train"], text_column(raw["train"]), max_seq_length, accelerator
+        )
+        model = build_model(args, config, tokenizer, max_seq_length)
+        if args.resume_from_checkpoint is not None:
+            check_checkpoint_model(args.resume_from_checkpoint, model_fingerprint(model))
+        apply_memory_options(model, args)
 
-    tokenized = tokenize_for_mlm(raw, tokenizer, max_seq_length, args, accelerator)
-    pad_multiple = 8 if accelerator.mixed_precision in ("fp16", "bf16", "fp8") else None
-    train_loader, eval_loader = make_dataloaders(tokenized, tokenizer, args, pad_multiple)
-    optimizer = make_optimizer(model, args)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader
-    )
-    plan = plan_training(args, len(train_loader))
-    scheduler = accelerator.prepare(make_scheduler(optimizer, args, plan.max_train_steps))
+        tokenized = tokenize_for_mlm(raw, tokenizer, max_seq_length, args, accelerator)
+        pad_multiple = 8 if accelerator.mixed_precision in ("fp16", "bf16", "fp8") else None
+        train_loader, eval_loader = make_dataloaders(tokenized, tokenizer, args, pad_multiple)
+        optimizer = make_optimizer(model, args)
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader
+        )
+        plan = plan_training(args, len(train_loader))
+        scheduler = accelerator.prepare(make_scheduler(optimizer, args, plan.max_train_steps))
 
-    objective = MaskedLanguageModeling(tokenizer, args.mlm_probability, args.seed)
-    summary = train(
-        accelerator,
-        args,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        plan,
-        compute_loss=objective.loss,
-        evaluate=lambda: objective.evaluate(accelerator, model, eval_loader),
-    )
-    results = summary.results()
-    # the card's base_model metadata must name a Hub repository, not a local folder
-    hub_base_model = args.model_name_or_path and not Path(args.model_name_or_path).exists()
-    card = {
-        "base_model": args.model_name_or_path if hub_base_model else None,
-        "datasets": (args.dataset_name,) if args.dataset_name else (),
-    }
-    save_final_model(accelerator, model, tokenizer, args, results, log_history=summary.log_history, card=card)
+        objective = MaskedLanguageModeling(tokenizer, args.mlm_probability, args.seed)
+        summary = train(
+            accelerator,
+            args,
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+            plan,
+            compute_loss=objective.loss,
+            evaluate=lambda: objective.evaluate(accelerator, model, eval_loader),
+            data_fingerprint=data,
+        )
+        results = summary.results()
+        # the card's base_model metadata must name a Hub repository, not a local folder
+        hub_base_model = args.model_name_or_path and not Path(args.model_name_or_path).exists()
+        card = {
+            "base_model": args.model_name_or_path if hub_base_model else None,
+            "datasets": (args.dataset_name,) if args.dataset_name else (),
+        }
+        save_final_model(
+            accelerator, model, tokenizer, args, results, log_history=summary.log_history, card=card
+        )
     accelerator.end_training()
     return results
 

@@ -217,6 +217,51 @@ def converted_minilm(minilm_path, tmp_path_factory):
     return dst, convert_checkpoint(minilm_path, dst, variant="lln_diag", max_position=1024)
 
 
+def test_converted_folder_is_readable_by_others_and_its_card_names_the_source(tmp_path):
+    """tempfile made the folder 0700 and the card and remote code 0600; safetensors the weights 0600."""
+    src = tmp_path / "bert-src"
+    save_stock(src, BertConfig(**TINY))
+    previous = os.umask(0o022)
+    try:
+        convert_checkpoint(src, tmp_path / "dst", variant="lln", max_position=100)
+    finally:
+        os.umask(previous)
+    dst = tmp_path / "dst"
+    assert dst.stat().st_mode & 0o777 == 0o755
+    modes = {path.name: path.stat().st_mode & 0o777 for path in dst.iterdir()}
+    assert {"README.md", "modeling_lln.py", "model.safetensors"} <= modes.keys()
+    assert set(modes.values()) == {0o644}, modes
+    card = (dst / "README.md").read_text()
+    assert "from the softmax checkpoint `bert-src` (a local folder)" in card
+    assert "extended from the 40 tokens the source reads to\n100" in card
+
+
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+    src = tmp_path / "src"
+    save_stock(src, BertConfig(**TINY))
+    capsys.readouterr()
+    for argv, message in [
+        (
+            ["convert", str(src), str(src)],
+            f"hf-lln convert: error: dst {src} already exists; choose a new folder\n",
+        ),
+        (
+            ["convert", "/nonexistent/bert", str(tmp_path / "x")],
+            "hf-lln convert: error: src /nonexistent/bert: no such folder",
+        ),
+        (
+            ["convert", str(src), str(tmp_path / "y"), "--max-position", "10"],
+            "hf-lln convert: error: max_position must exceed",
+        ),
+    ]:
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        # the last line of stderr (progress bars of the loading come before it), and no traceback
+        last = captured.err.rstrip("\n").split("\n")[-1]
+        assert (last + "\n").startswith(message), captured.err
+        assert "Traceback" not in captured.err and captured.out == ""
+
+
 def test_real_minilm_converts_and_reads_longer_inputs(converted_minilm):
     dst, report = converted_minilm
     assert (report.model_class, report.new_lln_weights, report.unused_weights) == ("LLNBertModel", [], [])

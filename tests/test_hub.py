@@ -90,6 +90,27 @@ def test_model_card_of_a_stock_model_shows_the_settings_in_use(tmp_path):
     assert "softmax attention" in softmax.text and "## Attention settings" not in softmax.text
 
 
+@pytest.mark.parametrize(
+    ("variant", "shown"),
+    [
+        ("lln_diag", {"lln_block_size", "lln_mix_mode", "lln_eps", "lln_stats"}),
+        ("lln", {"lln_eps", "lln_stats"}),
+        ("linear_elu", {"lln_eps"}),
+        ("cosformer", {"lln_eps"}),
+        ("performer", {"lln_eps", "lln_performer_features", "lln_performer_seed"}),
+        ("cheap_linear", set()),
+    ],
+)
+def test_model_card_shows_only_the_settings_the_variant_reads(tmp_path, variant, shown):
+    text = ModelCard.load(write_model_card(tmp_path, classifier_config(lln_variant=variant))).text
+    rows = {line.split("`")[1] for line in text.splitlines() if line.startswith("| `lln_")}
+    assert rows == {"lln_variant", *shown}
+    if variant == "lln_diag":  # the block in effect, not None: TINY's heads are 32 / 2 = 16 wide
+        assert "| `lln_block_size` | `16 (the head size)` |" in text
+    # hf-lln is not on PyPI: the card says how to install it for real
+    assert "pip install hf-lln" not in text and "not on PyPI yet" in text
+
+
 def test_eval_results_must_be_eval_result_objects(tmp_path):
     with pytest.raises(TypeError, match="EvalResult"):
         write_model_card(tmp_path, classifier_config(), eval_results=[{"accuracy": 0.9}])

@@ -467,11 +467,13 @@ def arm_config(comparison_dir: Path, scale: Scale, arm: Arm) -> str:
 
 
 def _resume_flags(output_dir: Path) -> list[str]:
-    """``--resume_from_checkpoint latest`` when a complete checkpoint of an interrupted run is there."""
+    """``--resume_from_checkpoint latest`` when a complete checkpoint of an interrupted run is there (run_mlm
+    refuses it if the run's arguments changed since); ``--overwrite_output_dir`` when the folder holds what
+    an unfinished run left without a checkpoint (run_mlm refuses a used folder otherwise)."""
     try:
         find_checkpoint("latest", output_dir)
     except ValueError:
-        return []
+        return ["--overwrite_output_dir"] if output_dir.is_dir() and any(output_dir.iterdir()) else []
     return ["--resume_from_checkpoint", "latest"]
 
 
@@ -524,6 +526,8 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         ]  # fmt: skip
         if scale.checkpointing_steps is not None:
             flags += ["--checkpointing_steps", str(scale.checkpointing_steps), *_resume_flags(output_dir)]
+        elif output_dir.is_dir() and any(output_dir.iterdir()):
+            flags += ["--overwrite_output_dir"]  # an unfinished run without checkpoints: start it over
         return (*launcher, str(RUN_MLM), *flags, *shlex.split(args.mlm_args))
 
     for track in comparison.tracks:
@@ -586,7 +590,9 @@ def _finetune_run(
     """One ``run_glue.py`` process for the tasks of one model and seed still without results.
 
     With several tasks run_glue writes ``output_dir/<task>``; with one it writes ``output_dir`` itself, so a
-    single remaining task gets its task folder as output folder and every task lands in the same place.
+    single remaining task gets its task folder as output folder and every task lands in the same place. A
+    task without results starts over (``--overwrite_output_dir``: what an unfinished run left is replaced;
+    the finished tasks' folders are not touched).
     """
     scale = comparison.scale
     base = comparison.glue_dir(track, arm, seed)
@@ -605,7 +611,7 @@ def _finetune_run(
         "--output_dir", str(output_dir), *glue_data_flags, "--seed", str(seed),
         "--per_device_train_batch_size", str(scale.glue_batch_size), "--learning_rate", str(lr), *length,
         "--num_warmup_steps", str(scale.glue_warmup_steps), "--mixed_precision", scale.mixed_precision,
-        *shlex.split(glue_args),
+        "--overwrite_output_dir", *shlex.split(glue_args),
     )  # fmt: skip
     return Run(f"{track}-{arm.name}-glue-seed_{seed}", "finetune", command, outputs, needs)
 

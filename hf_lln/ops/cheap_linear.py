@@ -75,6 +75,11 @@ def cheap_linear_encode(
 
 def cheap_linear_lookup(q: torch.Tensor, state: CheapLinearState, scale: float | None = None) -> torch.Tensor:
     """Answer ``q: (batch, heads, queries, head_dim)`` from ``state`` -> ``(batch, heads, queries, v_dim)``."""
+    if not isinstance(state, CheapLinearState):
+        raise TypeError(
+            f"state must be the CheapLinearState that cheap_linear_encode returns, got {type(state).__name__}; "
+            "a bare (batch, heads, d, d) tensor lacks the key count: use CheapLinearState(kv, count)"
+        )
     check_tensor("q", q, 4, "(batch, heads, queries, head_dim)")
     expected = tuple(state.kv.shape[:3])
     if (q.shape[0], q.shape[1], q.shape[3]) != expected:

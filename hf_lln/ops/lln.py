@@ -126,6 +126,8 @@ def lln_encode(
 
 def lln_lookup(q: torch.Tensor, state: LLNState, eps: float = 1e-6) -> torch.Tensor:
     """Answer ``q: (batch, heads, queries, head_dim)`` from ``state`` in O(head_dim·v_dim) per query."""
+    if not isinstance(state, LLNState):
+        raise TypeError(f"state must be the LLNState that lln_encode returns, got {type(state).__name__}")
     check_tensor("q", q, 4, "(batch, heads, queries, head_dim)")
     expected = tuple(state.key_sum.shape)
     if (q.shape[0], q.shape[1], q.shape[3]) != expected:

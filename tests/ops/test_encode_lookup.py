@@ -52,3 +52,12 @@ def test_lookup_rejects_mismatched_queries():
     lln_state = ops.lln_encode(k, v, q_std=1.0)
     with pytest.raises(ValueError, match="q must have shape"):
         ops.lln_lookup(torch.randn(1, 2, 4, 16, dtype=torch.float64), lln_state)
+
+
+def test_lookup_of_a_bare_tensor_is_a_clear_type_error():
+    """The README once said encode returns a (batch, heads, d, d) tensor: passing one must say what to pass."""
+    q, k, v = random_qkv(1, 2, 10, 32)
+    with pytest.raises(TypeError, match="CheapLinearState that cheap_linear_encode returns, got Tensor"):
+        ops.cheap_linear_lookup(q, ops.cheap_linear_encode(k, v).kv)
+    with pytest.raises(TypeError, match="LLNState that lln_encode returns, got Tensor"):
+        ops.lln_lookup(q, ops.lln_encode(k, v, q_std=1.0).kv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import string
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_all_nine_tasks_train_evaluate_predict_and_save(tiny_bert, tmp_path):
         assert (task_dir / "model.safetensors").is_file()
         card = (task_dir / "README.md").read_text()
         assert "model-index" in card and f"config: {task}" in card
+        assert (
+            str(FIXTURES) not in card and "(the GLUE TSV files)" in card
+        )  # no local path in a published card
         evaluations = [
             entry
             for entry in json.loads((task_dir / "log_history.json").read_text())
@@ -256,7 +260,47 @@ def test_bad_input_fails_before_training(tiny_bert, tmp_path, flags, error, matc
     ]
     with pytest.raises(error, match=match):
         run(tiny_bert, tmp_path / "out", *flags)
-    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        # a 256-position model: before, the first batch failed 19 frames deep in BERT's embeddings
+        (
+            ["--max_length", "2048"],
+            "--max_length 2048 is larger than the 256 positions of --model_name_or_path",
+        ),
+        (
+            ["--model_name_or_path", "/nonexistent/model"],
+            "--model_name_or_path /nonexistent/model: no such file",
+        ),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan"),
+        (["--attn_implementation", "lln_dag"], "'lln_dag' is not an attention implementation"),
+    ],
+)
+def test_user_errors_fail_before_any_data_or_folder(tiny_bert, tmp_path, flags, match):
+    with pytest.raises(ValueError, match=match):
+        run(tiny_bert, tmp_path / "out", "--task_name rte", f"--glue_dir {FIXTURES}", *flags)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_into_a_used_folder_is_refused_and_writes_shareable_files(tiny_bert, tmp_path):
+    """A GLUE run used to replace an MLM model's weights, config and card in the same folder."""
+    flags = ["--task_name rte", f"--glue_dir {FIXTURES}", "--max_train_steps 1"]
+    previous = os.umask(0o022)
+    try:
+        run(tiny_bert, tmp_path, *flags)
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is not empty .*--overwrite_output_dir"):
+        run(tiny_bert, tmp_path, *flags, "--learning_rate 1e-2")
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+    run(tiny_bert, tmp_path, *flags, "--learning_rate 1e-2", "--overwrite_output_dir")
+    assert (tmp_path / "model.safetensors").read_bytes() != weights
 
 
 def test_sweep_prints_attentions_side_by_side(tiny_bert, tmp_path):

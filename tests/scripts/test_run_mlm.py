@@ -160,13 +160,74 @@ def test_sequences_beyond_a_pretrained_models_positions_fail(tmp_path, trained):
 def test_resume_from_another_models_checkpoint_fails(tmp_path, trained):
     output_dir = tmp_path / "run"
     run(output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2")
-    with pytest.raises(ValueError, match="written for another model"):
+    with pytest.raises(
+        ValueError, match="--config_name lln-roberta-tiny in the checkpoint, lln-roberta-small now"
+    ):
         run(
             output_dir,
             "--max_train_steps",
-            "4",
+            "2",
             "--resume_from_checkpoint",
             "latest",
             "--config_name",
             "lln-roberta-small",
         )
+
+
+def test_a_run_into_another_runs_folder_neither_resumes_nor_overwrites_it(tmp_path, small_corpus):
+    """Issue 14's case, scaled down: an older run's step_2/step_4 in the folder of a new 3-step run."""
+    output_dir, corpus = tmp_path / "run", tmp_path / "train.txt"
+    shutil.copy(small_corpus, corpus)
+    data = ["--train_file", str(corpus), "--checkpointing_steps", "2"]
+    older = run(output_dir, *data, "--max_train_steps", "4")
+    weights = (output_dir / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is not empty .*pass --overwrite_output_dir"):
+        run(output_dir, *data, "--max_train_steps", "3")
+    with pytest.raises(
+        ValueError, match="no complete checkpoint of this run .*--max_train_steps 4 in the checkpoint, 3 now"
+    ):
+        run(output_dir, *data, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
+    with pytest.raises(ValueError, match="--learning_rate 0.002 in the checkpoint, 0.001 now"):
+        run(
+            output_dir,
+            *data,
+            "--max_train_steps",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    assert (output_dir / "model.safetensors").read_bytes() == weights  # nothing was touched
+    # the same run resumes (at its end: nothing more to train)
+    resumed = run(output_dir, *data, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    assert (resumed["train_steps"], resumed["eval_loss"]) == (older["train_steps"], older["eval_loss"])
+    # other text in the same file under the same flags is another run
+    corpus.write_text(corpus.read_text().replace(" the ", " a "))
+    with pytest.raises(ValueError, match="another run, with the training data: fingerprint"):
+        run(output_dir, *data, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+
+
+def test_a_run_failing_after_training_its_tokenizer_leaves_no_folder(tmp_path):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("a few words\nand a few more\n" * 20)
+    with pytest.raises(ValueError, match="no sequence of --max_seq_length 512"):
+        run(tmp_path / "run", "--train_file", str(corpus), "--max_seq_length", "512")
+    assert not (tmp_path / "run").exists()  # the tokenizer it trained went with it: a rerun is not refused
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--model_name_or_path", "/nonexistent/model"],
+            "--model_name_or_path /nonexistent/model: no such file or folder",
+        ),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
+        (["--attn_implementation", "lnn"], "'lnn' is not an attention implementation"),
+    ],
+)
+def test_user_errors_are_named_before_any_folder_or_tokenizer(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "run", *flags)
+    assert not (tmp_path / "run").exists()

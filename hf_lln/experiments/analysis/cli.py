@@ -55,10 +55,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--text must be an existing text file, got {args.text}")
     if args.seq_len < 8 or args.windows < 1:
         raise ValueError(f"--seq-len must be >= 8 and --windows >= 1, got {args.seq_len} and {args.windows}")
+    print(f"analyzing {len(implementations)} attention implementations of {args.model} ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     input_ids = token_windows(tokenizer, args.text.read_text(encoding="utf-8"), args.seq_len, args.windows)
     result = analyze_model(args.model, input_ids, implementations)
     result.summary["text"] = args.text.name
+    print(f"writing the report and plots to {args.out} ...", flush=True)
     paths = write_report(result, args.out)
     print(markdown_table(result.summary))
     print("wrote " + ", ".join(str(path) for path in paths))

@@ -95,16 +95,21 @@ def analyze_model(
 ) -> AnalysisResult:
     """Analyse ``implementations`` (``attn_implementation`` names) of the model at ``model_path`` on
     ``input_ids: (windows, seq)``."""
-    from transformers import AutoModel
+    from tqdm.auto import tqdm
+    from transformers import AutoConfig, AutoModel
 
     for name in implementations:
         variant_of(name)
+    layer_count = getattr(AutoConfig.from_pretrained(model_path), "num_hidden_layers", None)
+    # minutes of work per implementation on a CPU: show where it stands
+    bar = tqdm(total=layer_count and layer_count * len(implementations), desc="analyze", unit="layer")
     summary = {"model": str(model_path), "seq_len": input_ids.shape[1], "windows": input_ids.shape[0]}
     summary["implementations"] = {}
     log_samples: dict[str, dict[int, torch.Tensor]] = {}
     examples: dict[str, torch.Tensor] = {}
     generator = torch.Generator().manual_seed(0)
     for name in implementations:
+        bar.set_postfix_str(name)
         model = AutoModel.from_pretrained(model_path, attn_implementation=name)
         variant = variant_of(name)
         stochastic = is_row_stochastic(variant)
@@ -128,6 +133,7 @@ def analyze_model(
                 log_samples.setdefault(name, {})[capture.layer] = sample[keep]
             if capture.layer == 0:
                 examples[name] = matrix[0, 0]
+            bar.update(1)
         summary["implementations"][name] = {
             "formula": variant,
             "row_stochastic": stochastic,
@@ -135,6 +141,7 @@ def analyze_model(
             "layers": layers,
             "mean": _mean(_finite([layer["mean"] for layer in layers], keys), keys),
         }
+    bar.close()
     return AnalysisResult(summary, log_samples, examples)
 
 

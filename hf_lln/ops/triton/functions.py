@@ -42,6 +42,9 @@ class LaunchConfig:
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
     num_warps_stats: int = 8  # the statistics pass (seven per-slot accumulators)
     num_warps_backward: int = 4  # the LLN query pass of the backward
+    # Two, not three, loads in flight in the LLN query pass: with three, Triton 3.8 spills 224 bytes at head
+    # size 64 (255 registers); with two it uses 252 and spills none, still two 4-warp programs per SM.
+    num_stages_backward: int = 2
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
     num_warps_wide: int = 8  # every pass when head_dim or v_dim is 128
@@ -61,6 +64,7 @@ class LaunchPlan:
     warps_diag: int  # the forward output pass with the block softmax
     warps_diag_backward: int
     stages_diag: int  # loads in flight in the two diagonal-block passes
+    stages_query: int = PIPELINE_STAGES  # loads in flight in the LLN query pass of the backward
 
 
 def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
@@ -78,6 +82,7 @@ def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
         c.num_warps_diag,
         c.num_warps_diag_backward,
         stages_diag=PIPELINE_STAGES,
+        stages_query=c.num_stages_backward,
     )
 
 
@@ -264,7 +269,7 @@ class _FusedLLN(torch.autograd.Function):
             *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
             heads, seq, per_program, eps,
             D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, HALF=half,
-            num_warps=plan.warps_query,
+            num_warps=plan.warps_query, num_stages=plan.stages_query,
         )  # fmt: skip
         if has_diag:
             tile, block = _row_tile(block_size, plan)

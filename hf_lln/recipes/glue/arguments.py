@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from hf_lln.recipes.glue.tasks import GlueTask, resolve_task_names
-from hf_lln.recipes.training import check_training_arguments, find_checkpoint
+from hf_lln.recipes.training import (
+    check_model_source,
+    check_training_arguments,
+    latest_checkpoint,
+    run_arguments,
+)
+
+DEFAULT_MAX_LENGTH = 128
 
 
 def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +34,12 @@ def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Train on a seeded random subset of this many rows.",
     )
-    data.add_argument("--max_length", type=int, default=128, help="Truncate inputs to this many tokens.")
+    data.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help=f"Truncate inputs to this many tokens (default: {DEFAULT_MAX_LENGTH}, or the model's positions when fewer).",
+    )
     data.add_argument("--pad_to_max_length", action="store_true", help="Pad every row to --max_length.")
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -46,6 +58,7 @@ def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
 def check_glue_arguments(args: argparse.Namespace) -> tuple[str, ...]:
     """The task names to run; ``ValueError`` naming the flag for bad GLUE arguments."""
     tasks = resolve_task_names(args.task_name)
+    check_model_source("model_name_or_path", args.model_name_or_path)
     files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     if any(files.values()):
         if args.glue_dir is not None:
@@ -72,16 +85,20 @@ def check_glue_arguments(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def task_arguments(args: argparse.Namespace, task_name: str, several: bool) -> argparse.Namespace:
-    """The run's arguments for one task: its own output folder (and Hub repo) when there are several."""
+    """The run's arguments for one task: its own task name, and its own output folder (and Hub repo) when
+    there are several; checked by ``check_training_arguments`` (output folder, resumed checkpoint).
+
+    With several tasks, ``--resume_from_checkpoint latest`` resumes each task that has a checkpoint of its
+    run and starts the others anew (in an unused folder)."""
     task_args = argparse.Namespace(**vars(args))
+    task_args.task_name = task_name  # a task's run is defined by its own task, not by the list it came in
     if several:
         task_args.output_dir = str(Path(args.output_dir) / task_name)
         if args.hub_model_id is not None:
             task_args.hub_model_id = f"{args.hub_model_id}-{task_name}"
         if args.resume_from_checkpoint == "latest":
-            try:
-                find_checkpoint("latest", Path(task_args.output_dir))
-            except ValueError:
+            found, _ = latest_checkpoint(Path(task_args.output_dir), run_arguments(task_args))
+            if found is None:
                 task_args.resume_from_checkpoint = None
     check_training_arguments(task_args)
     return task_args

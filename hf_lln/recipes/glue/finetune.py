@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from huggingface_hub import EvalResult
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -24,7 +25,8 @@ from transformers import (
     default_data_collator,
 )
 
-from hf_lln.models.configuration_lln import config_for_attention
+from hf_lln.models.configuration_lln import config_for_attention, position_offset
+from hf_lln.recipes.glue.arguments import DEFAULT_MAX_LENGTH
 from hf_lln.recipes.glue.metrics import glue_metric
 from hf_lln.recipes.glue.tasks import HUB_DATASET, GlueTask
 from hf_lln.recipes.training import model_init_kwargs
@@ -38,6 +40,31 @@ _METRIC_NAMES = {
 }
 _METRIC_TYPES = {"pearson": "pearsonr"}
 """Hub metric ids (the ``evaluate`` metric names) where the GLUE metric's key differs."""
+
+
+def check_model_inputs(args: argparse.Namespace) -> None:
+    """``ValueError`` before any data is read or folder made: the config of ``--model_name_or_path`` must
+    load, and ``--max_length`` must fit its position embeddings (else the first batch of long rows fails
+    deep inside the embeddings). An unset ``--max_length`` becomes 128, or the model's positions when fewer."""
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    except OSError as error:
+        raise ValueError(
+            f"--model_name_or_path {args.model_name_or_path}: cannot load its config: {error}"
+        ) from None
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None or not isinstance(getattr(config, "model_type", None), str):
+        args.max_length = args.max_length or DEFAULT_MAX_LENGTH
+        return
+    usable = positions - (position_offset(config) if config.pad_token_id is not None else 0)
+    if args.max_length is None:
+        args.max_length = min(DEFAULT_MAX_LENGTH, usable)
+    elif args.max_length > usable:
+        raise ValueError(
+            f"--max_length {args.max_length} is larger than the {usable} positions of --model_name_or_path "
+            f"{args.model_name_or_path}; use --max_length {usable} or less (or extend the model's positions with "
+            "`hf-lln convert --max-position`)"
+        )
 
 
 def load_classifier(task: GlueTask, args: argparse.Namespace):
@@ -111,16 +138,18 @@ def make_dataloader(
 
 @torch.no_grad()
 def predict(
-    accelerator: Accelerator, model: torch.nn.Module, dataloader, task: GlueTask
+    accelerator: Accelerator, model: torch.nn.Module, dataloader, task: GlueTask, desc: str = "predict"
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions of every row of a prepared ``dataloader``, exactly once whatever the process count.
+    """Predictions of every row of a prepared ``dataloader``, exactly once whatever the process count,
+    with a progress bar labelled ``desc`` on the main process.
 
     Returns ``(predictions, references)``: class ids (scores for STS-B) in dataset order, and the
     labels, or None when the split has none.
     """
     model.eval()
     predictions, references = [], []
-    for batch in dataloader:
+    bar = tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process)
+    for batch in bar:
         labels = batch.pop("labels", None)
         logits = model(**batch).logits
         batch_predictions = logits.squeeze(-1).float() if task.is_regression else logits.argmax(dim=-1)
@@ -140,7 +169,7 @@ def evaluate_splits(
     """The GLUE metric on each validation split (MNLI mismatched metrics get the suffix ``_mm``)."""
     metrics = {}
     for split, dataloader in dataloaders.items():
-        predictions, references = predict(accelerator, model, dataloader, task)
+        predictions, references = predict(accelerator, model, dataloader, task, desc=f"evaluate {split}")
         suffix = task.metric_suffix(split)
         metrics.update(
             {
@@ -153,7 +182,13 @@ def evaluate_splits(
 
 def card_fields(task: GlueTask, args: argparse.Namespace, results: Mapping[str, float]) -> dict:
     """Keyword arguments of ``hf_lln.hub.write_model_card`` for a model fine-tuned on ``task``."""
-    source = args.glue_dir or args.train_file or HUB_DATASET
+    # never a local path: the card is published, and the path means nothing on another machine
+    if args.glue_dir is not None:
+        source = "the GLUE TSV files"
+    elif args.train_file is not None:
+        source = f"local files: {Path(args.train_file).name}, {Path(args.validation_file).name}"
+    else:
+        source = HUB_DATASET
     summary = (
         f"Fine-tuned on GLUE {task.directory} ({source}) for {results['train_steps']} steps "
         f"({results['epochs']:.2f} epochs), batch {args.per_device_train_batch_size} per device, learning rate "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from hf_lln.recipes.mlm.model import PRESETS
+from hf_lln.recipes.training import check_model_source
 
 DATA_EXTENSIONS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 DEFAULT_PRESET = "lln-roberta-tiny"
@@ -84,6 +85,10 @@ def check_mlm_arguments(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"--config_name {args.config_name}: unknown preset; the presets are {', '.join(PRESETS)}"
             )
+    check_model_source("model_name_or_path", args.model_name_or_path)
+    check_model_source("tokenizer_name", args.tokenizer_name)
+    if args.config_name not in PRESETS:
+        check_model_source("config_name", args.config_name)
     if args.dataset_name is not None and (args.train_file is not None or args.validation_file is not None):
         raise ValueError("give either --dataset_name or --train_file/--validation_file, not both")
     if args.dataset_name is None and args.train_file is None and args.validation_file is not None:

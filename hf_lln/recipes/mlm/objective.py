@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
+from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from hf_lln.recipes.training.loop import Batch
@@ -164,7 +165,9 @@ class MaskedLanguageModeling:
         """``loss`` (mean over all masked tokens of the split) and ``perplexity`` = exp(loss)."""
         model.eval()
         loss_sums, counts = [], []
-        for batch in dataloader:
+        for batch in tqdm(
+            dataloader, desc="evaluate", leave=False, disable=not accelerator.is_local_main_process
+        ):
             inputs = self.evaluation_mask(batch)
             labels = inputs["labels"]
             token_loss, positions = masked_token_losses(model, inputs)

@@ -21,7 +21,7 @@ A script, in order::
                      log_history=summary.log_history, card={...})
     accelerator.end_training()
 
-Shared flags (``add_training_arguments``): ``--output_dir --seed --per_device_train_batch_size
+Shared flags (``add_training_arguments``): ``--output_dir --overwrite_output_dir --seed --per_device_train_batch_size
 --per_device_eval_batch_size --learning_rate --weight_decay --adam_beta1 --adam_beta2 --adam_epsilon
 --max_grad_norm --lr_scheduler_type --num_warmup_steps --num_train_epochs --max_train_steps
 --gradient_accumulation_steps --mixed_precision --gradient_checkpointing --attn_implementation
@@ -47,24 +47,42 @@ API:
 - ``TrainingSummary``: ``completed_steps, epochs, train_loss, train_runtime, train_tokens,
   tokens_per_second, eval_metrics, log_history``; ``.results()`` flattens it (``eval_`` prefix) for
   ``all_results.json``.
-- Checkpoints: ``output_dir/step_N`` written atomically (``save_checkpoint``), found by
-  ``find_checkpoint(path_or_"latest", output_dir)``, restored by ``load_checkpoint`` (refuses a
-  checkpoint of another architecture, see ``model_fingerprint``; call
-  ``check_checkpoint_model(args.resume_from_checkpoint, model_fingerprint(model))`` right after
-  building the model to fail before preparing data).
+- Checkpoints: ``output_dir/step_N`` written atomically (``save_checkpoint``) with the run's identity
+  (``run_arguments(args)``, ``data_fingerprint(splits)``) and every file's size, found by
+  ``find_checkpoint(path_or_"latest", output_dir, run_arguments(args))`` (``latest``: the newest complete
+  checkpoint of this run; newer incomplete or other runs' ones are skipped with a warning), restored by
+  ``load_checkpoint`` (refuses a checkpoint of another architecture, see ``model_fingerprint``, of
+  another run, or an incomplete or corrupt one, with a ``ValueError`` naming the path and the cause).
+  Call ``check_checkpoint_model(args.resume_from_checkpoint, model_fingerprint(model))`` right after
+  building the model and ``check_checkpoint_run(args.resume_from_checkpoint, data=...)`` right after
+  loading the data, to fail before the expensive work; pass ``data_fingerprint=`` to ``train``.
+- Output folder: ``check_training_arguments`` refuses a non-empty ``--output_dir`` unless the run resumes
+  or ``--overwrite_output_dir`` is given (then ``make_accelerator`` deletes the earlier run's checkpoints
+  and results); wrap the run in ``removed_on_failure(args.output_dir)`` so that a run failing before its
+  first checkpoint or model leaves no folder behind.
 - ``save_final_model(accelerator, model, tokenizer, args, results, *, log_history=(), card=None)``:
   safetensors weights, tokenizer, ``all_results.json``, ``log_history.json``, model card
   (``card`` = keyword arguments of ``hf_lln.hub.write_model_card``), Hub upload with ``--push_to_hub``.
 - ``decay_parameter_groups(model, weight_decay)``: the two AdamW groups.
 """
 
-from hf_lln.recipes.training.arguments import add_training_arguments, check_training_arguments
+from hf_lln.recipes.training.arguments import (
+    add_training_arguments,
+    check_attn_implementation,
+    check_model_source,
+    check_training_arguments,
+)
 from hf_lln.recipes.training.checkpoint import (
+    CheckpointError,
     TrainingProgress,
     check_checkpoint_model,
+    check_checkpoint_run,
+    data_fingerprint,
     find_checkpoint,
+    latest_checkpoint,
     load_checkpoint,
     model_fingerprint,
+    run_arguments,
     save_checkpoint,
 )
 from hf_lln.recipes.training.final import LOG_HISTORY_FILE, RESULTS_FILE, save_final_model
@@ -79,22 +97,33 @@ from hf_lln.recipes.training.loop import (
     training_step,
 )
 from hf_lln.recipes.training.optim import decay_parameter_groups, make_optimizer, make_scheduler
-from hf_lln.recipes.training.setup import apply_memory_options, make_accelerator, model_init_kwargs
+from hf_lln.recipes.training.setup import (
+    apply_memory_options,
+    make_accelerator,
+    model_init_kwargs,
+    removed_on_failure,
+)
 
 __all__ = [
     "LOG_HISTORY_FILE",
     "RESULTS_FILE",
+    "CheckpointError",
     "TrainingPlan",
     "TrainingProgress",
     "TrainingSummary",
     "add_training_arguments",
     "apply_memory_options",
     "batch_seed",
+    "check_attn_implementation",
     "check_checkpoint_model",
+    "check_checkpoint_run",
+    "check_model_source",
     "check_training_arguments",
     "count_tokens",
+    "data_fingerprint",
     "decay_parameter_groups",
     "find_checkpoint",
+    "latest_checkpoint",
     "load_checkpoint",
     "make_accelerator",
     "make_optimizer",
@@ -103,6 +132,8 @@ __all__ = [
     "model_init_kwargs",
     "model_loss",
     "plan_training",
+    "removed_on_failure",
+    "run_arguments",
     "save_checkpoint",
     "save_final_model",
     "train",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
-from hf_lln.recipes.training.checkpoint import find_checkpoint
+from hf_lln import variants
+from hf_lln.recipes.training.checkpoint import find_checkpoint, run_arguments
 
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 # the Transformers schedules defined by warmup and total steps alone
@@ -30,6 +32,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument(
         "--output_dir", type=str, default=None, help="Where to write checkpoints, logs and the final model."
+    )
+    run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start a new run in a --output_dir that is not empty: its checkpoints and results are deleted "
+        "first, its model replaced at the end. Without it such a folder is refused.",
     )
     run.add_argument(
         "--seed", type=int, default=42, help="Seed of initialisation, data order, masking and dropout."
@@ -130,10 +138,18 @@ def check_training_arguments(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the flag for every bad shared argument, before any work is done.
 
     Also turns ``args.checkpointing_steps`` into an ``int``, ``"epoch"`` or ``None`` and resolves
-    ``args.resume_from_checkpoint`` (``"latest"`` included) into a checkpoint folder path.
+    ``args.resume_from_checkpoint`` (``"latest"`` included) into a checkpoint folder path of this run: one
+    written with the same run-defining arguments (``checkpoint.run_arguments``), complete. Call it after the
+    script's own checks, which may fill in defaults that define the run. A ``--output_dir`` that is not
+    empty is refused unless the run resumes or ``--overwrite_output_dir`` is given.
     """
     if args.output_dir is None:
         raise ValueError("--output_dir is required: the folder for checkpoints, logs and the final model")
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}")
+    if args.attn_implementation is not None:
+        check_attn_implementation(args.attn_implementation)
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
@@ -159,8 +175,17 @@ def check_training_arguments(args: argparse.Namespace) -> None:
                 f'--checkpointing_steps must be a positive integer or "epoch", got {args.checkpointing_steps!r}'
             )
 
+    overwrite = getattr(args, "overwrite_output_dir", False)
+    if overwrite and args.resume_from_checkpoint is not None:
+        raise ValueError(
+            "--overwrite_output_dir starts a new run and --resume_from_checkpoint continues one: give only one"
+        )
     if args.resume_from_checkpoint is not None:
-        args.resume_from_checkpoint = str(find_checkpoint(args.resume_from_checkpoint, Path(args.output_dir)))
+        args.resume_from_checkpoint = str(
+            find_checkpoint(args.resume_from_checkpoint, Path(args.output_dir), run_arguments(args))
+        )
+    elif not overwrite:
+        check_output_dir_unused(Path(args.output_dir))
 
     if args.push_to_hub:
         from huggingface_hub import get_token
@@ -171,3 +196,47 @@ def check_training_arguments(args: argparse.Namespace) -> None:
             )
         if args.hub_model_id is None:
             args.hub_model_id = os.path.basename(os.path.normpath(args.output_dir))
+
+
+def check_output_dir_unused(output_dir: Path) -> None:
+    """``ValueError`` when ``output_dir`` is a file or a folder that is not empty (as Transformers' example
+    scripts do): a new run there would mix its files with another run's and replace that run's model."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    entries = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+        raise ValueError(
+            f"--output_dir {output_dir} is not empty (it holds {shown}): pass --overwrite_output_dir to start a "
+            "new run there (its checkpoints and results are deleted first), --resume_from_checkpoint latest to "
+            "continue the run whose checkpoints it holds, or choose another --output_dir"
+        )
+
+
+def check_attn_implementation(name: str) -> None:
+    """``ValueError`` for an ``--attn_implementation`` no model would accept, before any work is done: the names
+    registered with Transformers' attention interface (hf_lln's variants, sdpa, flash and flex attention, and any a
+    user registered), eager and Hub kernels (``org/repo``) pass; anything else gets the registry's message, which
+    names hf_lln's variants and a close match."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    import hf_lln  # noqa: F401  (registers the hf_lln variants)
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in known or "/" in name or name.removeprefix("paged|") in known:
+        return
+    variants.check_attn_implementation(name, "--attn_implementation")
+
+
+def check_model_source(flag: str, value: str | None) -> None:
+    """``ValueError`` naming ``--flag`` when ``value`` is neither an existing path nor a valid Hub repo id (a
+    missing local folder would otherwise get the Hub's "Repo id must be in the form ..." at load time)."""
+    if value is None or Path(value).exists():
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise ValueError(f"--{flag} {value}: no such file or folder (and not a Hub repo id)") from None

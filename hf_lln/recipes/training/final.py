@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from hf_lln._permissions import make_shareable
 from hf_lln.hub import push_folder_to_hub, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def save_final_model(
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
     if accelerator.is_main_process:
+        for weights in output_dir.glob("*.safetensors"):
+            make_shareable(weights)  # safetensors writes its files 0600 whatever the umask
         tokenizer.save_pretrained(output_dir)
         (output_dir / RESULTS_FILE).write_text(json.dumps(dict(results), indent=2))
         if log_history:

@@ -26,6 +26,7 @@ from hf_lln.recipes.training.checkpoint import (
     TrainingProgress,
     load_checkpoint,
     model_fingerprint,
+    run_arguments,
     save_checkpoint,
 )
 
@@ -153,6 +154,7 @@ def train(
     compute_loss: Callable[[torch.nn.Module, Batch], torch.Tensor] = model_loss,
     evaluate: Callable[[], dict[str, float]] | None = None,
     tokens_in: Callable[[Batch], int] = count_tokens,
+    data_fingerprint: str | None = None,
 ) -> TrainingSummary:
     """Train ``plan.max_train_steps`` optimizer steps; every object must already be ``accelerator.prepare``-d.
 
@@ -161,12 +163,17 @@ def train(
     learning rate every ``args.logging_steps``, and calls ``evaluate()`` (which must return metric
     floats and may switch the model to eval mode) every ``args.eval_steps`` steps or, without it,
     after every epoch, and once more at the end unless the last step just evaluated.
+
+    Checkpoints record the run's identity: its run-defining arguments (``checkpoint.run_arguments(args)``)
+    and ``data_fingerprint`` (``checkpoint.data_fingerprint`` of the training data, or None); resuming
+    from a checkpoint of another identity raises ``ValueError`` naming what differs.
     """
     output_dir = Path(args.output_dir)
     fingerprint = model_fingerprint(accelerator.unwrap_model(model))
+    run = {"arguments": run_arguments(args), "data": data_fingerprint}
     progress = TrainingProgress()
     if args.resume_from_checkpoint is not None:
-        progress = load_checkpoint(accelerator, Path(args.resume_from_checkpoint), fingerprint)
+        progress = load_checkpoint(accelerator, Path(args.resume_from_checkpoint), fingerprint, run)
     start_step = progress.completed_steps
 
     logger.info(
@@ -257,7 +264,7 @@ def train(
             ):
                 progress.loss_sum = (run_loss + window_loss).item()
                 progress.loss_batches = run_batches + window_batches
-                save_checkpoint(accelerator, output_dir, progress, fingerprint)
+                save_checkpoint(accelerator, output_dir, progress, fingerprint, run)
             if step >= plan.max_train_steps:
                 break
             tick = time.perf_counter()

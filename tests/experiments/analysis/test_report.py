@@ -63,7 +63,7 @@ def test_every_implementation_is_reconstructed_and_reported(tiny_bert, tmp_path)
     assert markdown_table(result.summary).count("\n") == len(IMPLEMENTATIONS) + 1
 
 
-def test_analyze_command_on_the_real_minilm_and_text(minilm_path, data_dir, tmp_path):
+def test_analyze_command_on_the_real_minilm_and_text(minilm_path, data_dir, tmp_path, capsys):
     text = data_dir / "gutenberg" / "carroll-alice.txt"
     args = build_parser().parse_args(
         [
@@ -83,6 +83,10 @@ def test_analyze_command_on_the_real_minilm_and_text(minilm_path, data_dir, tmp_
         ]
     )
     assert args.func(args) == 0
+    # minutes per implementation on a CPU: it says what it does and where it stands (6 layers x 2)
+    captured = capsys.readouterr()
+    assert captured.out.startswith("analyzing 2 attention implementations of ")
+    assert "analyze: 100%" in captured.err and "12/12" in captured.err
     summary = json.loads((tmp_path / "analysis.json").read_text())
     assert summary["text"] == "carroll-alice.txt" and summary["seq_len"] == 32
     assert len(summary["implementations"]["sdpa"]["layers"]) == 6
