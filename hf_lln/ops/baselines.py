@@ -38,6 +38,13 @@ def _prepare(q, k, v, mask, eps, chunk_size):
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """``elu(x) + 1`` written as ``x + 1`` or ``exp(x)``: ``F.elu``'s backward, decomposed by ``torch.compile``'s
+    AOT autograd, takes a ``view`` that fails on the transposed q, k Transformers hands over. The clamp keeps the
+    unused ``exp`` branch finite, so its zero gradient stays zero."""
+    return torch.where(x > 0, x + 1.0, torch.exp(x.clamp_max(0.0)))
+
+
 def linear_elu_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -52,8 +59,8 @@ def linear_elu_attention(
     in_dtype = q.dtype
     q, k, v = _prepare(q, k, v, mask, eps, chunk_size)
     out = feature_attention(
-        F.elu(q) + 1.0,
-        F.elu(k) + 1.0,
+        _elu_plus_one(q),
+        _elu_plus_one(k),
         v,
         mask,
         causal=causal,
