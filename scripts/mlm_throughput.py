@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
         "--attention_dropout",
         type=float,
         default=None,
-        help="attention_probs_dropout_prob for every model (default: the preset's; the fused kernels need 0).",
+        help="attention_probs_dropout_prob for every model (default: the preset's, 0.1; the fused kernels take it).",
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup_steps", type=int, default=5)

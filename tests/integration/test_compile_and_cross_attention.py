@@ -116,3 +116,24 @@ def test_output_attentions_warns_that_no_weights_come_back():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(ids, attention_mask=mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["lln", "lln_diag", "cheap_linear"])
+def test_the_fused_kernels_compile_in_one_graph_on_cuda(variant):
+    from hf_lln.ops.dispatch import use_kernels
+
+    torch.manual_seed(0)
+    config = BertConfig(**{**TINY, "attention_probs_dropout_prob": 0.1}, attn_implementation=variant)
+    model = BertModel(config).cuda().to(torch.bfloat16).train()
+    ids, mask = (t.cuda() for t in _batch())
+    with use_kernels("triton"):
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(input_ids=ids, attention_mask=mask)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        model.eval()
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        out = compiled(ids, attention_mask=mask).last_hidden_state
+        out.float().sum().backward()
+        expected = model(ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
