@@ -21,6 +21,7 @@ from tests.ops._fused import (  # noqa: E402
     outputs_and_grads,
     rel_error,
 )
+from tests.ops._variants import relative_error  # noqa: E402
 
 
 def _weights(mix, heads, v_dim, device, seed=0):
@@ -221,5 +222,6 @@ def test_gpu_keep_rate_and_public_function():
         torch.manual_seed(0)
         again = lln_diag_attention(q, k, v, mask, dropout_p=0.1)
         plain = lln_diag_attention(q, k, v, mask)
-    torch.testing.assert_close(first, again)
+    # The same mask: equal but for the rounding of the state's atomic adds, whose order varies between runs.
+    assert relative_error(first, again) < 1e-3
     assert (first.float() - plain.float()).abs().max() > 1e-2

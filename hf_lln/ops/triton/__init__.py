@@ -32,6 +32,8 @@ VARIANTS = ("lln", "lln_diag", "cheap_linear")
 MAX_DROPOUT_COUNTER = 2**31
 
 
+# A constant of the graph under torch.compile, which cannot trace importlib.
+@torch.compiler.assume_constant_result
 @functools.cache
 def is_available() -> bool:
     """True when triton is importable and a CUDA device is present (checked once per process)."""

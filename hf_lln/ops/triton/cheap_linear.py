@@ -167,15 +167,18 @@ def cheap_backward_key_kernel(
     tl.store(dv_ptr, dv.to(DVAL.dtype.element_ty), mask=row_ok[:, None])
 
 
+def _split_state(buffer: torch.Tensor, bh: int, head_dim: int, v_dim: int):
+    return buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim), buffer[bh * head_dim * v_dim :]
+
+
 def _state(k, v, mask, plan):
-    """``C: (bh, head_dim, v_dim)`` and ``n: (bh,)`` float32 (one buffer, one zero fill)."""
+    """One float32 buffer holding ``C: (bh, head_dim, v_dim)`` and ``n: (bh,)`` (one zero fill; ``_split_state``)."""
     batch, heads, seq, head_dim = k.shape
     v_dim = v.shape[-1]
     bh = batch * heads
     per_program, chunks = _split(bh, triton.cdiv(seq, plan.rows), k.device)
     buffer = torch.zeros(bh * (head_dim * v_dim + 1), dtype=torch.float32, device=k.device)
-    state = buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim)
-    count = buffer[bh * head_dim * v_dim :]
+    state, count = _split_state(buffer, bh, head_dim, v_dim)
     mask_arg, stride_mb = _mask_args(mask, k)
     cheap_state_kernel[(chunks, bh)](
         k, v, mask_arg, state, count,
@@ -184,64 +187,116 @@ def _state(k, v, mask, plan):
         D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
         num_warps=plan.warps,
     )  # fmt: skip
-    return state, count
+    return buffer
 
 
-class _FusedCheapLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
-        batch, heads, seq, head_dim = q.shape
-        v_dim = v.shape[-1]
-        plan = launch_plan(head_dim, v_dim)
-        state, count = _state(k, v, mask, plan)
-        out = _empty_like_layout(q, v_dim)
-        num_tiles = triton.cdiv(seq, plan.rows)
-        per_program = min(num_tiles, launch_config.output_tiles_per_program)
-        cheap_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
-            q, out, state, count,
-            *_bhs_strides(q), *_bhs_strides(out),
-            heads, seq, per_program, scale,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=q.dtype != torch.float32,
-            num_warps=plan.warps,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, mask, state, count)
-        ctx.scale = scale
-        return out
+# Forward and backward as custom operators joined by register_autograd, opaque to torch.compile (see
+# functions.py); the state travels as its flat buffer.
 
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, mask, state, count = ctx.saved_tensors
-        batch, heads, seq, head_dim = q.shape
-        v_dim = v.shape[-1]
-        plan = launch_plan(head_dim, v_dim)
-        half = q.dtype != torch.float32
-        grad = _unit_last_stride(grad)
-        dq, dk, dv = (
-            _empty_like_layout(q, head_dim),
-            _empty_like_layout(k, head_dim),
-            _empty_like_layout(v, v_dim),
-        )
-        d_state = torch.zeros_like(state)
-        per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
-        cheap_backward_query_kernel[(chunks, batch * heads)](
-            q, grad, dq, state, count, d_state,
-            *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
-            heads, seq, per_program, ctx.scale,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=half,
-            num_warps=plan.warps_query,
-        )  # fmt: skip
-        mask_arg, stride_mb = _mask_args(mask, q)
-        cheap_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
-            k, v, mask_arg, dk, dv, d_state,
-            *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-            heads, seq,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=half,
-            num_warps=plan.warps,
-        )  # fmt: skip
-        return dq, dk, dv, None, None
+
+def _cheap_forward(q, k, v, mask, scale):
+    batch, heads, seq, head_dim = q.shape
+    v_dim = v.shape[-1]
+    plan = launch_plan(head_dim, v_dim)
+    buffer = _state(k, v, mask, plan)
+    state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
+    out = _empty_like_layout(q, v_dim)
+    num_tiles = triton.cdiv(seq, plan.rows)
+    per_program = min(num_tiles, launch_config.output_tiles_per_program)
+    cheap_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+        q, out, state, count,
+        *_bhs_strides(q), *_bhs_strides(out),
+        heads, seq, per_program, scale,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=q.dtype != torch.float32,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    return out, buffer
+
+
+def _cheap_backward(grad, q, k, v, mask, buffer, scale):
+    batch, heads, seq, head_dim = q.shape
+    v_dim = v.shape[-1]
+    state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
+    plan = launch_plan(head_dim, v_dim)
+    half = q.dtype != torch.float32
+    grad = _unit_last_stride(grad)
+    dq, dk, dv = (
+        _empty_like_layout(q, head_dim),
+        _empty_like_layout(k, head_dim),
+        _empty_like_layout(v, v_dim),
+    )
+    d_state = torch.zeros_like(state)
+    per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
+    cheap_backward_query_kernel[(chunks, batch * heads)](
+        q, grad, dq, state, count, d_state,
+        *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
+        heads, seq, per_program, scale,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=half,
+        num_warps=plan.warps_query,
+    )  # fmt: skip
+    mask_arg, stride_mb = _mask_args(mask, q)
+    cheap_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
+        k, v, mask_arg, dk, dv, d_state,
+        *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+        heads, seq,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=half,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("hf_lln::fused_cheap_linear_forward", mutates_args=())
+def _cheap_forward_op(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    return _cheap_forward(q, k, v, mask, scale)
+
+
+@_cheap_forward_op.register_fake
+def _(q, k, v, mask, scale):
+    bh, head_dim, v_dim = q.shape[0] * q.shape[1], q.shape[-1], v.shape[-1]
+    return _empty_like_layout(q, v_dim), torch.empty(
+        bh * (head_dim * v_dim + 1), dtype=torch.float32, device=q.device
+    )
+
+
+@torch.library.custom_op("hf_lln::fused_cheap_linear_backward", mutates_args=())
+def _cheap_backward_op(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, buffer: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _cheap_backward(grad, q, k, v, mask, buffer, scale)
+
+
+@_cheap_backward_op.register_fake
+def _(grad, q, k, v, mask, buffer, scale):
+    return (
+        _empty_like_layout(q, q.shape[-1]),
+        _empty_like_layout(k, k.shape[-1]),
+        _empty_like_layout(v, v.shape[-1]),
+    )
+
+
+def _cheap_setup_context(ctx, inputs, output):
+    q, k, v, mask, scale = inputs
+    ctx.save_for_backward(q, k, v, mask, output[1])
+    ctx.scale = scale
+
+
+def _cheap_grads(ctx, grad, _buffer_grad):
+    q, k, v, mask, buffer = ctx.saved_tensors
+    dq, dk, dv = torch.ops.hf_lln.fused_cheap_linear_backward(grad, q, k, v, mask, buffer, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_cheap_forward_op.register_autograd(_cheap_grads, setup_context=_cheap_setup_context)
 
 
 def fused_cheap_linear(q, k, v, mask, *, scale):
-    """Apply the autograd Function; inputs already validated (``hf_lln.ops.triton.cheap_linear_attention``)."""
+    """Run the fused operator (differentiable); inputs already validated
+    (``hf_lln.ops.triton.fused_cheap_linear_attention``)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
-    return _FusedCheapLinear.apply(q, k, v, mask, float(scale))
+    out, _ = torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))
+    return out

@@ -136,7 +136,8 @@ def _pooled_std(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> to
 def feature_scales(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, *, stats: str, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """alpha, beta: (batch * heads,) and the shift M_c: (batch * heads, head_dim), all float32.
+    """One float32 buffer ``(batch * heads * (2 + head_dim),)`` holding alpha, beta: (batch * heads,) and the
+    shift M_c: (batch * heads, head_dim) (``split_scale_terms`` views them).
 
     Statistics as ``hf_lln.ops.moments.query_key_std``: "per_sequence" over real tokens (finished by
     ``lln_scales_kernel``, one launch instead of some forty small host ops), "global" over the whole
@@ -171,7 +172,7 @@ def feature_scales(
             chunks, head_dim * scale**2, a, b, MIN_STD,
             D=head_dim, num_warps=1,
         )  # fmt: skip
-        return alpha, beta, shift
+        return scale_terms
     pooled = moments.transpose(1, 2).reshape(batch * heads, 5, chunks * head_dim)
     pooled = pooled.transpose(0, 1).reshape(1, 5, -1)
     count, q_mean, q_m2, k_mean, k_m2 = pooled.unbind(1)
@@ -182,8 +183,20 @@ def feature_scales(
     beta = beta.reshape(-1).float().contiguous()
     shift = torch.maximum(beta[:, None] * k_max.amax(1), beta[:, None] * k_min.amin(1))
     # A sequence with no real key has no extremes; any finite shift does, its keys are all zero.
-    shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift)).contiguous()
-    return alpha, beta, shift
+    shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
+    return torch.cat([alpha, beta, shift.reshape(-1)])
+
+
+def split_scale_terms(scale_terms: torch.Tensor, bh: int, head_dim: int):
+    """Views ``alpha, beta: (bh,)`` and ``shift: (bh, head_dim)`` of ``feature_scales``'s buffer."""
+    return scale_terms[:bh], scale_terms[bh : 2 * bh], scale_terms[2 * bh :].view(bh, head_dim)
+
+
+def split_state(buffer: torch.Tensor, bh: int, head_dim: int, v_dim: int):
+    """Views ``state: (bh, head_dim, v_dim)`` and ``norm: (bh, head_dim)`` of ``_state``'s buffer."""
+    return buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim), buffer[bh * head_dim * v_dim :].view(
+        bh, head_dim
+    )
 
 
 def _state(k, v, mask, beta, shift, plan):
@@ -192,8 +205,7 @@ def _state(k, v, mask, beta, shift, plan):
     per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), k.device)
     bh = batch * heads
     buffer = torch.zeros(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=k.device)
-    state = buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim)
-    norm = buffer[bh * head_dim * v_dim :].view(bh, head_dim)
+    state, norm = split_state(buffer, bh, head_dim, v_dim)
     mask_arg, stride_mb = _mask_args(mask, k)
     kernels.lln_state_kernel[(chunks, batch * heads)](
         k, v, mask_arg, beta, shift, state, norm,
@@ -202,7 +214,7 @@ def _state(k, v, mask, beta, shift, plan):
         D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
         num_warps=plan.warps,
     )  # fmt: skip
-    return state, norm
+    return buffer
 
 
 def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
@@ -211,94 +223,187 @@ def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
     return tile, max(16, triton.next_power_of_2(tile))
 
 
-class _FusedLLN(torch.autograd.Function):
-    """LLN (``block_size=None``) or LLN + block softmax mixed by per-(head, channel) weights."""
+# The passes run as two custom operators, the forward and the backward, joined by ``register_autograd``: opaque
+# to torch.compile, which then keeps a model's whole graph instead of breaking it around Python launch code.
+# Operators may not return views of one another, so the small per-head results travel as the two flat buffers
+# they are written into (``split_scale_terms``, ``split_state``).
 
-    @staticmethod
-    def forward(ctx, q, k, v, w_lln, w_diag, mask, block_size, scale, eps, stats, dropout_p):
-        batch, heads, seq, head_dim = q.shape
-        v_dim = v.shape[-1]
-        plan = launch_plan(head_dim, v_dim)
-        alpha, beta, shift = feature_scales(q, k, mask, stats=stats, scale=scale)
-        state, norm = _state(k, v, mask, beta, shift, plan)
-        out = _empty_like_layout(q, v_dim)
+
+def _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
+    batch, heads, seq, head_dim = q.shape
+    v_dim = v.shape[-1]
+    bh = batch * heads
+    plan = launch_plan(head_dim, v_dim)
+    scale_terms = feature_scales(q, k, mask, stats=stats, scale=scale)
+    alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
+    buffer = _state(k, v, mask, beta, shift, plan)
+    state, norm = split_state(buffer, bh, head_dim, v_dim)
+    out = _empty_like_layout(q, v_dim)
+    tile, block = _row_tile(block_size, plan)
+    num_tiles = triton.cdiv(seq, tile)
+    per_program = min(num_tiles, launch_config.output_tiles_per_program)
+    mask_arg, stride_mb = _mask_args(mask, q)
+    has_diag = block_size is not None
+    kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+        q, k, v, mask_arg, out, alpha, shift, state, norm,
+        w_lln if has_diag else alpha, w_diag if has_diag else alpha, alpha if seed is None else seed,
+        *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
+        heads, seq, tile, per_program, scale * 1.4426950408889634, eps, dropout_p,
+        D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
+        HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
+        num_warps=plan.warps_diag if has_diag else plan.warps,
+        num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
+    )  # fmt: skip
+    return out, scale_terms, buffer
+
+
+def _lln_backward(
+    grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p
+):
+    batch, heads, seq, head_dim = q.shape
+    v_dim = v.shape[-1]
+    bh = batch * heads
+    alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
+    state, norm = split_state(buffer, bh, head_dim, v_dim)
+    has_diag = block_size is not None
+    plan = launch_plan(head_dim, v_dim)
+    grad = _unit_last_stride(grad)
+    dq, dk, dv = (
+        _empty_like_layout(q, head_dim),
+        _empty_like_layout(k, head_dim),
+        _empty_like_layout(v, v_dim),
+    )
+    d_state = torch.zeros_like(state)
+    d_norm = torch.zeros_like(norm)
+    d_w_lln = torch.zeros(heads, v_dim if has_diag else 0, dtype=torch.float32, device=q.device)
+    d_w_diag = torch.zeros_like(d_w_lln)
+    mask_arg, stride_mb = _mask_args(mask, q)
+    half = q.dtype != torch.float32
+    per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
+    kernels.lln_backward_query_kernel[(chunks, batch * heads)](
+        q, grad, dq, alpha, shift, state, norm, w_lln if has_diag else alpha,
+        d_state, d_norm, d_w_lln if has_diag else alpha,
+        *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
+        heads, seq, per_program, eps,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, HALF=half,
+        num_warps=plan.warps_query, num_stages=plan.stages_query,
+    )  # fmt: skip
+    if has_diag:
         tile, block = _row_tile(block_size, plan)
-        num_tiles = triton.cdiv(seq, tile)
-        per_program = min(num_tiles, launch_config.output_tiles_per_program)
-        mask_arg, stride_mb = _mask_args(mask, q)
-        has_diag = block_size is not None
-        seed = draw_seed(q.device) if dropout_p > 0.0 else None
-        kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
-            q, k, v, mask_arg, out, alpha, shift, state, norm,
-            w_lln if has_diag else alpha, w_diag if has_diag else alpha, alpha if seed is None else seed,
-            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
-            heads, seq, tile, per_program, scale * 1.4426950408889634, eps, dropout_p,
-            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
-            HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
-            num_warps=plan.warps_diag if has_diag else plan.warps,
-            num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
+        per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
+        kernels.lln_backward_block_kernel[(chunks, batch * heads)](
+            q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag, alpha if seed is None else seed,
+            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
+            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq, tile, per_program, scale, dropout_p,
+            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
+            DROPOUT=seed is not None,
+            num_warps=plan.warps_diag_backward, num_stages=plan.stages_diag,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag, seed)
-        ctx.config = (block_size, scale, eps, dropout_p)
-        return out
+    kernels.lln_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
+        k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
+        *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+        heads, seq,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    return dq, dk, dv, d_w_lln, d_w_diag
 
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, mask, alpha, beta, shift, state, norm, w_lln, w_diag, seed = ctx.saved_tensors
-        block_size, scale, eps, dropout_p = ctx.config
-        batch, heads, seq, head_dim = q.shape
-        v_dim = v.shape[-1]
-        has_diag = block_size is not None
-        plan = launch_plan(head_dim, v_dim)
-        grad = _unit_last_stride(grad)
-        dq, dk, dv = (
-            _empty_like_layout(q, head_dim),
-            _empty_like_layout(k, head_dim),
-            _empty_like_layout(v, v_dim),
-        )
-        d_state = torch.zeros_like(state)
-        d_norm = torch.zeros_like(norm)
-        d_w_lln = torch.zeros(heads, v_dim, dtype=torch.float32, device=q.device) if has_diag else None
-        d_w_diag = torch.zeros_like(d_w_lln) if has_diag else None
-        mask_arg, stride_mb = _mask_args(mask, q)
-        half = q.dtype != torch.float32
-        per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
-        kernels.lln_backward_query_kernel[(chunks, batch * heads)](
-            q, grad, dq, alpha, shift, state, norm, w_lln if has_diag else alpha,
-            d_state, d_norm, d_w_lln if has_diag else alpha,
-            *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
-            heads, seq, per_program, eps,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, HALF=half,
-            num_warps=plan.warps_query, num_stages=plan.stages_query,
-        )  # fmt: skip
-        if has_diag:
-            tile, block = _row_tile(block_size, plan)
-            per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
-            kernels.lln_backward_block_kernel[(chunks, batch * heads)](
-                q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag, alpha if seed is None else seed,
-                *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
-                *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-                heads, seq, tile, per_program, scale, dropout_p,
-                D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
-                DROPOUT=seed is not None,
-                num_warps=plan.warps_diag_backward, num_stages=plan.stages_diag,
-            )  # fmt: skip
-        kernels.lln_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
-            k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
-            *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-            heads, seq,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
-            num_warps=plan.warps,
-        )  # fmt: skip
-        return dq, dk, dv, d_w_lln, d_w_diag, None, None, None, None, None, None
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("hf_lln::fused_lln_forward", mutates_args=())
+def _lln_forward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w_lln: Tensor | None,
+    w_diag: Tensor | None,
+    mask: Tensor | None,
+    seed: Tensor | None,
+    block_size: int | None,
+    scale: float,
+    eps: float,
+    stats: str,
+    dropout_p: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p)
+
+
+@_lln_forward_op.register_fake
+def _(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
+    bh, head_dim, v_dim = q.shape[0] * q.shape[1], q.shape[-1], v.shape[-1]
+    floats = {"dtype": torch.float32, "device": q.device}
+    return (
+        _empty_like_layout(q, v_dim),
+        torch.empty(bh * (2 + head_dim), **floats),
+        torch.empty(bh * head_dim * (v_dim + 1), **floats),
+    )
+
+
+@torch.library.custom_op("hf_lln::fused_lln_backward", mutates_args=())
+def _lln_backward_op(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w_lln: Tensor | None,
+    w_diag: Tensor | None,
+    mask: Tensor | None,
+    seed: Tensor | None,
+    scale_terms: Tensor,
+    buffer: Tensor,
+    block_size: int | None,
+    scale: float,
+    eps: float,
+    dropout_p: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _lln_backward(
+        grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p
+    )
+
+
+@_lln_backward_op.register_fake
+def _(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p):
+    weights = (q.shape[1], v.shape[-1] if block_size is not None else 0)
+    return (
+        _empty_like_layout(q, q.shape[-1]),
+        _empty_like_layout(k, k.shape[-1]),
+        _empty_like_layout(v, v.shape[-1]),
+        torch.empty(weights, dtype=torch.float32, device=q.device),
+        torch.empty(weights, dtype=torch.float32, device=q.device),
+    )
+
+
+def _lln_setup_context(ctx, inputs, output):
+    q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, _, dropout_p = inputs
+    _, scale_terms, buffer = output
+    ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer)
+    ctx.config = (block_size, scale, eps, dropout_p)
+
+
+def _lln_grads(ctx, grad, _scale_terms_grad, _buffer_grad):
+    block_size, scale, eps, dropout_p = ctx.config
+    dq, dk, dv, d_w_lln, d_w_diag = torch.ops.hf_lln.fused_lln_backward(
+        grad, *ctx.saved_tensors, block_size, scale, eps, dropout_p
+    )
+    has_diag = block_size is not None
+    weight_grads = (d_w_lln, d_w_diag) if has_diag else (None, None)
+    return dq, dk, dv, *weight_grads, None, None, None, None, None, None, None
+
+
+_lln_forward_op.register_autograd(_lln_grads, setup_context=_lln_setup_context)
 
 
 def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats, dropout_p=0.0):
-    """Apply the autograd Function; inputs already validated, ``w_*: (heads, v_dim)`` float32 or None.
+    """Run the fused operator (differentiable); inputs already validated, ``w_*: (heads, v_dim)`` float32 or None.
 
     ``dropout_p`` (LLN + Diag only) drops block-softmax probabilities with a seed drawn from torch's
     generator for q's device (``dropout.draw_seed``), none drawn when it is 0."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
-    return _FusedLLN.apply(
-        q, k, v, w_lln, w_diag, mask, block_size, float(scale), float(eps), stats, float(dropout_p)
+    seed = draw_seed(q.device) if dropout_p > 0.0 else None
+    out, _, _ = torch.ops.hf_lln.fused_lln_forward(
+        q, k, v, w_lln, w_diag, mask, seed, block_size, float(scale), float(eps), stats, float(dropout_p)
     )
+    return out
