@@ -218,7 +218,7 @@ def _unknown(argument: str, name, known: tuple[str, ...]) -> ValueError:
     also = f", or one of Transformers' softmax implementations {', '.join(softmax)}" if softmax else ""
     return ValueError(
         f"{argument} must be one of hf_lln's attention variants {', '.join(map(repr, ATTENTION_VARIANTS))}{also}; "
-        f"got {name!r}.{hint}"
+        f"got {name!r}, which is not an attention implementation.{hint}"
     )
 
 
