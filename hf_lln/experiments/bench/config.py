@@ -62,10 +62,10 @@ class BenchConfig:
     tokens_per_batch: int = 32768
     model_sizes: tuple[str, ...] = ("bert-base", "roberta-base")
     queries: tuple[int, ...] = (1, 64, 1024)
-    warmup: int = 2
-    min_repeats: int = 5
-    max_repeats: int = 50
-    time_budget: float = 0.5
+    warmup: int = Timing.warmup
+    min_repeats: int = Timing.min_repeats
+    max_repeats: int = Timing.max_repeats
+    time_budget: float = Timing.time_budget
     memory_limit_gib: float = 8.0
     seed: int = 0
 
