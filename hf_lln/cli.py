@@ -21,7 +21,7 @@ from huggingface_hub.errors import StrictDataclassError
 SUBCOMMAND_MODULES = (
     "hf_lln.convert",
     "hf_lln.experiments.analysis.cli",
-    "hf_lln.experiments.benchmark",
+    "hf_lln.experiments.bench.cli",
 )
 USAGE_ERROR = 2  # argparse's exit status for a bad command line
 TRACEBACK_ENV = "HF_LLN_TRACEBACK"

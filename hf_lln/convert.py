@@ -1,9 +1,9 @@
 """``hf-lln convert``: a softmax BERT/RoBERTa checkpoint (folder or Hub id) -> an LLN checkpoint folder.
 
-    hf-lln convert path/to/bert out/lln-bert --variant lln_diag --max-position 1024
+    hf-lln convert path/to/bert out/lln-bert --variant lln_diag --max_position 1024
 
 Every softmax weight is kept (an LLN model has the same modules); only the attention computation changes, plus
-the LLN+Diag mix weights of a learnable ``--mix-mode``, which start at the average. ``--max-position N`` lets the
+the LLN+Diag mix weights of a learnable ``--mix_mode``, which start at the average. ``--max_position N`` lets the
 model read N tokens by tiling the learned position embeddings (copies of the learned ones, as Longformer does).
 The head follows the checkpoint's ``architectures`` (``BertForPreTraining`` gives the masked-LM head).
 
@@ -14,7 +14,7 @@ checkpoint is carried over unchanged: a sentence-transformers model keeps ``modu
 with the same modules. Left out are the softmax model's weights in other formats and its exports (``onnx/``,
 ``openvino/``, ...), which would run softmax attention.
 
-``--max-position`` also raises the tokenizer's ``model_max_length``, except that the length sentence-transformers
+``--max_position`` also raises the tokenizer's ``model_max_length``, except that the length sentence-transformers
 truncates inputs to stays what it was (the model was trained to it): ``sentence_bert_config.json`` keeps its
 ``max_seq_length``, and where it has none (sentence-transformers >= 6 keeps the length in the tokenizer) the
 tokenizer keeps its ``model_max_length``. Set ``model.max_seq_length`` to use the longer positions.
@@ -262,10 +262,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("dst", help="new folder for the LLN checkpoint")
     parser.add_argument("--variant", choices=ATTENTION_VARIANTS, default=LLN_SETTINGS_DEFAULTS["lln_variant"])
     parser.add_argument(
-        "--max-position", type=int, help="longest input in tokens (extends the position table)"
+        "--max_position", type=int, help="longest input in tokens (extends the position table)"
     )
-    parser.add_argument("--block-size", type=int, help="LLN+Diag softmax block size (default: head size)")
-    parser.add_argument("--mix-mode", choices=MIX_MODES, default=LLN_SETTINGS_DEFAULTS["lln_mix_mode"])
+    parser.add_argument("--block_size", type=int, help="LLN+Diag softmax block size (default: head size)")
+    parser.add_argument("--mix_mode", choices=MIX_MODES, default=LLN_SETTINGS_DEFAULTS["lln_mix_mode"])
     parser.add_argument("--stats", choices=STATS_MODES, default=LLN_SETTINGS_DEFAULTS["lln_stats"])
     parser.set_defaults(func=run)
 

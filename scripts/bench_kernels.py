@@ -2,19 +2,19 @@
 
 Checks the kernels first (poisoned outputs, forward and gradients against the PyTorch path in
 float64), then times forward and forward+backward at a fixed number of tokens per call
-(``batch = tokens // seq``), with ``hf_lln.experiments.benchmark``'s floor conventions, and compares launch
+(``batch = tokens_per_batch // seq``), with ``hf_lln.experiments.bench``'s floor conventions, and compares launch
 settings of the fused kernels at the shortest and longest sequence. ``ms`` columns are per call with
 calls queued back to back (host work overlapping the GPU's, as between a model's layers); ``latency``
 is one synchronised call, host launch time included; ``host ms`` is the host's time per call.
 ``*_dropout`` rows run attention dropout 0.1 (BERT's default). On the GPU::
 
-    python scripts/bench_kernels.py --out runs/bench_kernels.csv
-    python scripts/bench_kernels.py --seq-lens 512,2048,8192,32768 --settings default \
-        --impls sdpa_flash,fused_lln,fused_cheap_linear,fused_lln_diag,fused_lln_diag_dropout
+    python scripts/bench_kernels.py --output_file runs/bench_kernels.csv
+    python scripts/bench_kernels.py --seq_lengths 512 2048 8192 32768 --settings default \
+        --impls sdpa_flash fused_lln fused_cheap_linear fused_lln_diag fused_lln_diag_dropout
 
 A tiny CPU run (PyTorch paths only; the fused rows need CUDA)::
 
-    python scripts/bench_kernels.py --device cpu --seq-lens 64,128 --tokens 256 --settings default
+    python scripts/bench_kernels.py --device cpu --seq_lengths 64 128 --tokens_per_batch 256 --settings default
 """
 
 from __future__ import annotations
@@ -31,13 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_lln import ops
-from hf_lln.experiments.benchmark import (
-    BenchConfig,
-    _op_floor_bytes,
-    copy_bandwidth,
-    peak_memory_bytes,
-    time_call,
-)
+from hf_lln.experiments.bench import Timing, copy_bandwidth, op_floor_bytes, peak_memory_bytes, time_call
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
 
@@ -119,8 +113,9 @@ def check_kernels(device: torch.device, dtype: torch.dtype, head_dim: int) -> li
     return lines
 
 
-def measure(fn, shape, dtype, device, config, backward: bool) -> tuple[float, int]:
-    """(median ms, peak extra bytes) of one call on fresh random inputs (never zeros)."""
+def measure(fn, shape, dtype, device, timing: Timing, backward: bool) -> tuple[float, float, float, int]:
+    """(ms per call back to back, latency ms, host ms, peak extra bytes) of one call on fresh random inputs
+    (never zeros); on CPU the back-to-back time is the latency."""
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(*shape, generator=gen, device=device).to(dtype) for _ in range(3))
     if backward:
@@ -137,7 +132,7 @@ def measure(fn, shape, dtype, device, config, backward: bool) -> tuple[float, in
             with torch.no_grad():
                 fn(q, k, v)
 
-    latency = statistics.median(time_call(call, device, config))
+    latency = statistics.median(time_call(call, device, timing))
     host = []
     for _ in range(10):
         tic = time.perf_counter()
@@ -190,34 +185,35 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
-    parser.add_argument("--seq-lens", default="512,2048,8192,32768")
-    parser.add_argument("--tokens", type=int, default=65536)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--seq_lengths", nargs="+", type=int, default=[512, 2048, 8192, 32768])
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"launch settings from {tuple(SETTINGS)}"
+        "--tokens_per_batch", type=int, default=65536, help="batch = tokens_per_batch // seq, at least 1"
     )
-    parser.add_argument("--impls", default=None, help="comma-separated implementations to time (default all)")
-    parser.add_argument("--out", default=None, help="CSV file for the rows")
+    parser.add_argument("--head_dim", type=int, default=64)
+    parser.add_argument(
+        "--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="fused kernel launch settings"
+    )
+    parser.add_argument("--impls", nargs="+", default=None, help="implementations to time (default all)")
+    parser.add_argument("--output_file", default=None, help="CSV file for the rows")
     parser.add_argument("--profile", action="store_true", help="per-kernel device times of the fused ops")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    seq_lens = [int(s) for s in args.seq_lens.split(",")]
-    settings = args.settings.split(",")
-    config = BenchConfig(out=None, device=args.device, warmup=3, min_repeats=10, max_repeats=100)
-    bandwidth = copy_bandwidth(device, config)
+    seq_lens, settings = args.seq_lengths, args.settings
+    timing = Timing(warmup=3, min_repeats=10, max_repeats=100)
+    bandwidth = copy_bandwidth(device, timing)
     impls = implementations(device)
     if "fused_lln" in impls:
         for line in check_kernels(device, dtype, args.head_dim):
             print(line, flush=True)
     if args.impls:
-        wanted = args.impls.split(",")
+        wanted = args.impls
         unknown = sorted(set(wanted) - set(impls))
         if unknown:
             parser.error(f"--impls: unknown or unavailable here: {unknown}; choose from {sorted(impls)}")
         impls = {name: impls[name] for name in wanted}
     rows = []
     for seq in seq_lens:
-        shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
+        shape = (max(1, args.tokens_per_batch // seq), HEADS, seq, args.head_dim)
         for name, fn in impls.items():
             names = (
                 settings if name.startswith("fused") and seq in (seq_lens[0], seq_lens[-1]) else ["default"]
@@ -226,12 +222,10 @@ def main() -> None:
                 row = {"seq": seq, "impl": name, "setting": setting}
                 for backward in (False, True):
                     floor = (
-                        _op_floor_bytes(shape[0], seq, dtype, backward, HEADS, args.head_dim)
-                        / bandwidth
-                        * 1e3
+                        op_floor_bytes(shape[0], seq, dtype, backward, HEADS, args.head_dim) / bandwidth * 1e3
                     )
                     with fused_launch_config(setting):
-                        ms, latency, host_ms, peak = measure(fn, shape, dtype, device, config, backward)
+                        ms, latency, host_ms, peak = measure(fn, shape, dtype, device, timing, backward)
                     key = "fwd_bwd" if backward else "fwd"
                     row |= {f"{key}_ms": ms, f"{key}_latency_ms": latency, f"{key}_host_ms": host_ms}
                     row[f"{key}_floor_ms"] = floor
@@ -242,15 +236,15 @@ def main() -> None:
         for seq in (seq_lens[0], seq_lens[-1]):
             for name in [name for name in impls if name.startswith("fused")]:
                 print(f"profile {name} seq {seq} (forward+backward):")
-                shape = (max(1, args.tokens // seq), HEADS, seq, args.head_dim)
+                shape = (max(1, args.tokens_per_batch // seq), HEADS, seq, args.head_dim)
                 print("\n".join(profile_kernels(impls[name], shape, dtype, device)))
     print(f"\ndevice {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {args.dtype}, "
-          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens}, heads {HEADS}, head_dim {args.head_dim}")  # fmt: skip
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens_per_batch}, heads {HEADS}, head_dim {args.head_dim}")  # fmt: skip
     print(HEADER)
     for row in rows:
         print(format_row(row))
-    if args.out:
-        with open(args.out, "w", newline="") as handle:
+    if args.output_file:
+        with open(args.output_file, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

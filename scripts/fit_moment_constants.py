@@ -3,15 +3,15 @@
 For unit Gaussian queries ``x`` and keys ``y`` of ``head_dim`` channels, LLN with ``alpha s_q = beta s_k = s~``
 has log attention ``logsumexp_c(s~ x_ic + s~ y_jc)`` up to the row normaliser. Its variance over keys,
 averaged over queries, is measured on a grid of ``s~``; the line ``2 a s~^2 + b`` is then fitted by least
-squares on a uniform grid of ``s~`` spanning the LLN variances ``--variance-range`` (the softmax variances to
+squares on a uniform grid of ``s~`` spanning the LLN variances ``--variance_range`` (the softmax variances to
 be matched; default 0.25 to 4, softmax logit std 0.5 to 2). Each query gets its own keys so that the
 estimate averages over rows x keys independent pairs. Also printed: the matching error, the RMS over
 softmax variances in the range of (LLN's variance at the matched ``s~``) - (softmax's), for the fit and for
 the paper's head-size-64 constants. ``--write`` puts the table into ``hf_lln/ops/moments.py`` (the head
 size 64 keeps the paper's constants). See docs/moment_matching.md.
 
-    OMP_NUM_THREADS=1 python scripts/fit_moment_constants.py --head-dims 32 64 --rows 512
-    python scripts/fit_moment_constants.py --head-dims 64 --variance-range 0.005 4.5   # the paper's fit
+    OMP_NUM_THREADS=1 python scripts/fit_moment_constants.py --head_dims 32 64 --rows 512
+    python scripts/fit_moment_constants.py --head_dims 64 --variance_range 0.005 4.5   # the paper's fit
     python scripts/fit_moment_constants.py --write                                     # the whole table
 """
 
@@ -107,17 +107,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--head-dims", type=int, nargs="+", default=list(TABLE_HEAD_DIMS))
+    parser.add_argument("--head_dims", type=int, nargs="+", default=list(TABLE_HEAD_DIMS))
     parser.add_argument("--rows", type=int, default=4096, help="simulated queries per head size")
     parser.add_argument("--keys", type=int, default=16, help="simulated keys per query")
-    parser.add_argument("--variance-range", type=float, nargs=2, default=(0.25, 4.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("--variance_range", type=float, nargs=2, default=(0.25, 4.0), metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--write", action="store_true", help="update MOMENT_CONSTANTS in hf_lln/ops/moments.py"
     )
     args = parser.parse_args()
     if not 0 <= args.variance_range[0] < args.variance_range[1]:
-        parser.error(f"--variance-range must be 0 <= LOW < HIGH, got {args.variance_range}")
+        parser.error(f"--variance_range must be 0 <= LOW < HIGH, got {args.variance_range}")
     if args.rows < 1 or args.keys < 2:
         parser.error(f"--rows must be >= 1 and --keys >= 2, got {args.rows} and {args.keys}")
     variance_range = tuple(args.variance_range)

@@ -5,9 +5,9 @@ Triton in verbose mode on the PTX; a kernel that spills or needs 255 registers a
 leaves an SM with few programs, which limits the bandwidth of these memory-bound passes::
 
     python scripts/kernel_resources.py                  # bf16, head_dim 64, block 64
-    python scripts/kernel_resources.py --dtype fp32 --head-dim 32 --block 32
-    python scripts/kernel_resources.py --head-dim 128 --block 128
-    python scripts/kernel_resources.py --no-dropout     # the LLN+Diag block passes without dropout
+    python scripts/kernel_resources.py --dtype fp32 --head_dim 32 --block 32
+    python scripts/kernel_resources.py --head_dim 128 --block 128
+    python scripts/kernel_resources.py --no_dropout     # the LLN+Diag block passes without dropout
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--head_dim", type=int, default=64)
     parser.add_argument("--block", type=int, default=64, help="diagonal block (a power of two)")
-    parser.add_argument("--no-dropout", action="store_true", help="LLN+Diag block passes without dropout")
+    parser.add_argument("--no_dropout", action="store_true", help="LLN+Diag block passes without dropout")
     args = parser.parse_args()
     print(
         "| kernel | tile rows | warps | stages | registers | spill bytes | shared KiB |\n" + "|---" * 7 + "|"

@@ -3,7 +3,7 @@
 q and k are scaled by 1, 10 and 100 (v is not); the reference runs in float64 on the same rounded inputs, so
 the table shows the error the operator adds. Prints a Markdown table.
 
-    python scripts/precision_report.py --seq 65 --head-dim 64
+    python scripts/precision_report.py --seq_length 65 --head_dim 64
 """
 
 from __future__ import annotations
@@ -33,24 +33,24 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=65)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--seq_length", type=int, default=65)
+    parser.add_argument("--head_dim", type=int, default=64)
     parser.add_argument("--causal", action="store_true")
     args = parser.parse_args()
 
     generator = torch.Generator().manual_seed(0)
-    shape = (args.batch, args.heads, args.seq, args.head_dim)
+    shape = (args.batch_size, args.heads, args.seq_length, args.head_dim)
     base = [torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(3)]
-    lengths = torch.randint(1, args.seq + 1, (args.batch,), generator=generator)
-    lengths[0] = args.seq
-    mask = torch.arange(args.seq)[None, :] < lengths[:, None]
+    lengths = torch.randint(1, args.seq_length + 1, (args.batch_size,), generator=generator)
+    lengths[0] = args.seq_length
+    mask = torch.arange(args.seq_length)[None, :] < lengths[:, None]
     rows = mask[:, None, :, None]
     projection = ops.performer_projection(2 * args.head_dim, args.head_dim, seed=0, dtype=torch.float64)
 
     print(
-        f"| variant | dtype | q,k x1 | q,k x10 | q,k x100 |  (causal={args.causal}, seq={args.seq}, head_dim={args.head_dim})"
+        f"| variant | dtype | q,k x1 | q,k x10 | q,k x100 |  (causal={args.causal}, seq={args.seq_length}, head_dim={args.head_dim})"
     )
     print("|---|---|---|---|---|")
     for name, (fast, dense) in VARIANTS.items():

@@ -37,7 +37,7 @@ def test_cli_writes_a_checkpoint_that_loads_with_no_missing_weights(tmp_path, ca
     BertTokenizer(vocab_file=str(vocab)).save_pretrained(src)
 
     assert (
-        main(["convert", str(src), str(dst), "--variant", "lln_diag", "--mix-mode", "learnable_scale"]) == 0
+        main(["convert", str(src), str(dst), "--variant", "lln_diag", "--mix_mode", "learnable_scale"]) == 0
     )
     assert "LLNBertForMaskedLM" in capsys.readouterr().out
 
@@ -143,7 +143,7 @@ def test_sentence_transformers_files_are_carried_over_unchanged(tmp_path, capsys
     (src / "onnx" / "model.onnx").write_bytes(b"the softmax graph")
     (src / "train_script.py").write_text("# how the embeddings were trained\n")
 
-    assert main(["convert", str(src), str(dst), "--variant", "lln_diag", "--max-position", "64"]) == 0
+    assert main(["convert", str(src), str(dst), "--variant", "lln_diag", "--max_position", "64"]) == 0
     printed = capsys.readouterr().out
     assert "sentence-transformers still truncates inputs at max_seq_length=16 tokens" in printed
 
@@ -250,7 +250,7 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, capsys):
             "hf-lln convert: error: src /nonexistent/bert: no such folder",
         ),
         (
-            ["convert", str(src), str(tmp_path / "y"), "--max-position", "10"],
+            ["convert", str(src), str(tmp_path / "y"), "--max_position", "10"],
             "hf-lln convert: error: max_position must exceed",
         ),
     ]:

@@ -54,7 +54,7 @@ STAGES = ("convert", "pretrain", "finetune")
 PRETRAIN_SEED = 0
 
 SETTING_LABELS = {"lln_stats": "stats", "lln_mix_mode": "mix", "lln_block_size": "block"}
-CONVERT_FLAGS = {"lln_stats": "--stats", "lln_mix_mode": "--mix-mode", "lln_block_size": "--block-size"}
+CONVERT_FLAGS = {"lln_stats": "--stats", "lln_mix_mode": "--mix_mode", "lln_block_size": "--block_size"}
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def _lln_config(model: PreTrainedModel, variant: str | None, lln_settings: dict)
         raise ValueError(
             f"to_lln: lln_mix_mode={mix_mode!r}, but {type(model).__name__} already has "
             f"lln_mix_mode={config.lln_mix_mode!r} and its mix weights; convert the saved checkpoint instead "
-            "(hf-lln convert SRC DST --mix-mode ...)"
+            "(hf-lln convert SRC DST --mix_mode ...)"
         )
     return lln_config_from(config, lln_variant=variant, **lln_settings)
 

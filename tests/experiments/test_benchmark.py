@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from hf_lln.cli import build_parser
-from hf_lln.experiments.benchmark import BenchConfig, LiveTensorBytes, run_benchmark
+from hf_lln.experiments.bench import BenchConfig, LiveTensorBytes, run_benchmark
 
 
 def test_every_suite_writes_csv_rows_and_plots(tmp_path):
     config = BenchConfig(
-        out=tmp_path,
+        output_dir=tmp_path,
         device="cpu",
         variants=("eager", "sdpa", "lln", "cheap_linear"),
         dtypes=("fp32",),
-        seq_lens=(16, 32),
-        tokens=64,
+        seq_lengths=(16, 32),
+        tokens_per_batch=64,
         model_sizes=("tiny",),
         queries=(1, 4),
         warmup=1,
@@ -68,20 +68,21 @@ def test_cli_parses_lists_and_rejects_bad_values(tmp_path):
     args = build_parser().parse_args(
         [
             "bench",
-            "--out",
+            "--output_dir",
             str(tmp_path),
             "--device",
             "cpu",
-            "--seq-lens",
-            "8,16",
+            "--seq_lengths",
+            "8",
+            "16",
             "--dtypes",
             "fp32",
             "--repeats",
             "3",
         ]
     )
-    assert args.seq_lens == (8, 16) and args.dtypes == ("fp32",) and args.repeats == 3
-    with pytest.raises(ValueError, match="seq_lens must be ascending"):
-        BenchConfig(out=tmp_path, device="cpu", seq_lens=(16, 8))
+    assert tuple(args.seq_lengths) == (8, 16) and tuple(args.dtypes) == ("fp32",) and args.repeats == 3
+    with pytest.raises(ValueError, match="seq_lengths must be ascending"):
+        BenchConfig(output_dir=tmp_path, device="cpu", seq_lengths=(16, 8))
     with pytest.raises(ValueError, match="variants must be a non-empty subset"):
-        BenchConfig(out=tmp_path, device="cpu", variants=("flash",))
+        BenchConfig(output_dir=tmp_path, device="cpu", variants=("flash",))

@@ -9,24 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_lln.ops import lln_attention, lln_diag_attention, moments, reference
+from hf_lln.ops import lln_attention, lln_diag_attention, reference
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
-
-# Constants for head sizes the moment table may not have fitted yet; the kernels and the PyTorch
-# path read the same table, so any positive `a` serves the comparison.
-STAND_IN_CONSTANTS = {16: (0.3, -0.2), 32: (0.2, -0.3), 64: moments.PAPER_CONSTANTS[64], 128: (0.1, -0.4)}
 
 # Relative Frobenius error allowed per input dtype: float32 runs exact float32 products; bf16/fp16
 # round the output and gradients to the input dtype and run the float32 products as tf32.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-@pytest.fixture(autouse=True)
-def _moment_constants(monkeypatch):
-    for head_dim, constants in STAND_IN_CONSTANTS.items():
-        if head_dim not in moments.MOMENT_CONSTANTS:
-            monkeypatch.setitem(moments.MOMENT_CONSTANTS, head_dim, constants)
 
 
 def _poison_allocator():

@@ -63,7 +63,7 @@ def check_model_inputs(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--max_length {args.max_length} is larger than the {usable} positions of --model_name_or_path "
             f"{args.model_name_or_path}; use --max_length {usable} or less (or extend the model's positions with "
-            "`hf-lln convert --max-position`)"
+            "`hf-lln convert --max_position`)"
         )
 
 

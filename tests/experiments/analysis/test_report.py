@@ -68,17 +68,18 @@ def test_analyze_command_on_the_real_minilm_and_text(minilm_path, data_dir, tmp_
     args = build_parser().parse_args(
         [
             "analyze",
-            "--model",
+            "--model_name_or_path",
             str(minilm_path),
             "--text",
             str(text),
             "--variants",
-            "sdpa,linear_elu",
-            "--seq-len",
+            "sdpa",
+            "linear_elu",
+            "--max_seq_length",
             "32",
             "--windows",
             "1",
-            "--out",
+            "--output_dir",
             str(tmp_path),
         ]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,28 @@ def test_correlations_match_scipy_with_ties():
         references = np.round(rng.normal(size=30), 1)
         assert pearson(predictions, references) == pytest.approx(stats.pearsonr(predictions, references)[0])
         assert spearman(predictions, references) == pytest.approx(stats.spearmanr(predictions, references)[0])
+
+
+@pytest.mark.slow
+def test_the_metric_is_an_evaluate_module_that_loads_offline(tmp_path):
+    """``evaluate.load`` of the packaged module, in a fresh process with an empty cache and the Hub offline."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, evaluate\n"
+        "from hf_lln.recipes.glue.metrics import load_glue_metric\n"
+        "metric = load_glue_metric('mrpc')\n"
+        "assert isinstance(metric, evaluate.Metric), type(metric)\n"
+        "print(json.dumps(metric.compute(predictions=[1, 0, 1], references=[1, 1, 1])))\n"
+    )
+    root = str(Path(__file__).resolve().parents[3])
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.update(PYTHONPATH=pythonpath)
+    env.pop("HF_MODULES_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == pytest.approx({"accuracy": 2 / 3, "f1": 0.8})
+    assert (tmp_path / "modules" / "evaluate_modules" / "metrics" / "glue_metric").is_dir()
