@@ -130,7 +130,7 @@ def test_the_fused_kernels_compile_in_one_graph_on_cuda(variant):
     with use_kernels("triton"):
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(input_ids=ids, attention_mask=mask)
-        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
         model.eval()
         compiled = torch.compile(model, fullgraph=True, dynamic=False)
         out = compiled(ids, attention_mask=mask).last_hidden_state

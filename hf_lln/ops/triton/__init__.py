@@ -14,7 +14,6 @@ gradient, as in the PyTorch path. Design and measurements: docs/kernels.md.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
@@ -32,12 +31,13 @@ VARIANTS = ("lln", "lln_diag", "cheap_linear")
 MAX_DROPOUT_COUNTER = 2**31
 
 
-# A constant of the graph under torch.compile, which cannot trace importlib.
-@torch.compiler.assume_constant_result
-@functools.cache
+# Looked up once, when the package is imported: torch.compile cannot trace importlib.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def is_available() -> bool:
-    """True when triton is importable and a CUDA device is present (checked once per process)."""
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    """True when triton is importable and a CUDA device is present."""
+    return TRITON_INSTALLED and torch.cuda.is_available()
 
 
 def unsupported_reason(

@@ -190,7 +190,7 @@ def _state(k, v, mask, plan):
     return buffer
 
 
-# Forward and backward as custom operators joined by register_autograd, opaque to torch.compile (see
+# An autograd Function in eager mode, custom operators joined by register_autograd under torch.compile (see
 # functions.py); the state travels as its flat buffer.
 
 
@@ -294,9 +294,26 @@ def _cheap_grads(ctx, grad, _buffer_grad):
 _cheap_forward_op.register_autograd(_cheap_grads, setup_context=_cheap_setup_context)
 
 
+class _FusedCheapLinear(torch.autograd.Function):
+    """The eager entry point: the same passes as the custom operators, without their dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        out, buffer = _cheap_forward(q, k, v, mask, scale)
+        ctx.save_for_backward(q, k, v, mask, buffer)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, mask, buffer = ctx.saved_tensors
+        return *_cheap_backward(grad, q, k, v, mask, buffer, ctx.scale), None, None
+
+
 def fused_cheap_linear(q, k, v, mask, *, scale):
     """Run the fused operator (differentiable); inputs already validated
     (``hf_lln.ops.triton.fused_cheap_linear_attention``)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
-    out, _ = torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))
-    return out
+    if torch.compiler.is_compiling():
+        return torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))[0]
+    return _FusedCheapLinear.apply(q, k, v, mask, float(scale))

@@ -223,8 +223,9 @@ def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
     return tile, max(16, triton.next_power_of_2(tile))
 
 
-# The passes run as two custom operators, the forward and the backward, joined by ``register_autograd``: opaque
-# to torch.compile, which then keeps a model's whole graph instead of breaking it around Python launch code.
+# The passes run behind two entry points that share ``_lln_forward`` / ``_lln_backward``: in eager mode an
+# autograd Function (the least host time per call, which matters at these kernel sizes), under torch.compile
+# two custom operators joined by ``register_autograd``, opaque to the compiler, so a model's graph stays whole.
 # Operators may not return views of one another, so the small per-head results travel as the two flat buffers
 # they are written into (``split_scale_terms``, ``split_state``).
 
@@ -396,6 +397,28 @@ def _lln_grads(ctx, grad, _scale_terms_grad, _buffer_grad):
 _lln_forward_op.register_autograd(_lln_grads, setup_context=_lln_setup_context)
 
 
+class _FusedLLN(torch.autograd.Function):
+    """The eager entry point: the same passes as the custom operators, without their dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
+        out, scale_terms, buffer = _lln_forward(
+            q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p
+        )
+        ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer)
+        ctx.config = (block_size, scale, eps, dropout_p)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        block_size, scale, eps, dropout_p = ctx.config
+        dq, dk, dv, d_w_lln, d_w_diag = _lln_backward(
+            grad, *ctx.saved_tensors, block_size, scale, eps, dropout_p
+        )
+        weight_grads = (d_w_lln, d_w_diag) if block_size is not None else (None, None)
+        return dq, dk, dv, *weight_grads, None, None, None, None, None, None, None
+
+
 def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats, dropout_p=0.0):
     """Run the fused operator (differentiable); inputs already validated, ``w_*: (heads, v_dim)`` float32 or None.
 
@@ -403,7 +426,20 @@ def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats, dr
     generator for q's device (``dropout.draw_seed``), none drawn when it is 0."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     seed = draw_seed(q.device) if dropout_p > 0.0 else None
-    out, _, _ = torch.ops.hf_lln.fused_lln_forward(
-        q, k, v, w_lln, w_diag, mask, seed, block_size, float(scale), float(eps), stats, float(dropout_p)
+    arguments = (
+        q,
+        k,
+        v,
+        w_lln,
+        w_diag,
+        mask,
+        seed,
+        block_size,
+        float(scale),
+        float(eps),
+        stats,
+        float(dropout_p),
     )
-    return out
+    if torch.compiler.is_compiling():
+        return torch.ops.hf_lln.fused_lln_forward(*arguments)[0]
+    return _FusedLLN.apply(*arguments)
