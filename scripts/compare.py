@@ -1,4 +1,6 @@
-"""Compare the quality of the attentions: pretrain (run_mlm.py) and fine-tune (run_glue.py) each the same way.
+"""Compare the quality of the attentions: pretrain (run_mlm) and fine-tune (run_glue) each the same way.
+
+``python -m hf_lln.experiments.compare`` as a script of a checkout (the same arguments; ``--help``).
 
 A CPU smoke test (a few steps, numbers meaningless) on the bundled corpus and the GLUE test fixtures::
 

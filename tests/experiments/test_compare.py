@@ -1,9 +1,12 @@
-"""scripts/compare.py: a tiny comparison end to end on CPU, its resume, the sweep's arms and bad input."""
+"""hf_lln.experiments.compare: a tiny comparison end to end on CPU, its resume, the sweep's arms and bad input."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from transformers import AutoConfig
 
 import hf_lln.experiments.compare as compare
 from hf_lln.experiments.compare import main, make_arms, prepare_train_file
+from hf_lln.recipes.glue import averaged_tasks
 from hf_lln.recipes.mlm import load_default_corpus
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "glue"
@@ -111,7 +115,7 @@ def test_sweep_gives_one_arm_per_setting_combination_of_the_variants_that_read_i
         tmp_path, corpus, "--attentions", "lln_diag", "--lln_stats", "global", "--lln_block_size", "16"
     )
     assert main([*flags, "--softmax_checkpoint", "some/bert", "--collect_only"]) == 0
-    # the scratch arm's config, as run_mlm.py reads it
+    # the scratch arm's config, as run_mlm reads it
     config = AutoConfig.from_pretrained(tmp_path / "configs" / "lln_diag-stats_global-block_16")
     assert (config.model_type, config.lln_stats, config.lln_block_size) == ("lln_roberta", "global", 16)
     report = (tmp_path / "comparison.md").read_text()
@@ -151,7 +155,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path, corpus, extra, message):
 
 
 def test_converted_track_needs_a_checkpoint(tmp_path, corpus, monkeypatch):
-    monkeypatch.setattr(compare, "default_softmax_checkpoint", lambda: None)
+    monkeypatch.setattr(compare.arguments, "default_softmax_checkpoint", lambda: None)
     with pytest.raises(ValueError, match="--softmax_checkpoint"):
         main(tiny_flags(tmp_path / "out", corpus, "--tracks", "converted"))
 
@@ -180,4 +184,30 @@ def test_gpu_minutes_pretrains_in_bf16_and_fine_tunes_in_float32(tmp_path, corpu
     ],
 )
 def test_the_glue_average_leaves_wnli_out_when_other_tasks_are_there(tasks, averaged):
-    assert compare.averaged_tasks(tasks) == averaged
+    assert averaged_tasks(tasks) == averaged
+
+
+def test_runs_launch_the_recipes_as_modules(tmp_path, corpus):
+    """No file of a checkout: "python -m" by default, "accelerate launch ... -m" with --launcher."""
+    flags = tiny_flags(tmp_path, corpus, "--attentions", "lln", "--tracks", "scratch")
+    for launcher, prefix in [
+        (None, (sys.executable,)),
+        ("accelerate launch --cpu", ("accelerate", "launch", "--cpu")),
+    ]:
+        args = compare.build_parser().parse_args(flags + (["--launcher", launcher] if launcher else []))
+        compare.check_arguments(args)
+        commands = {run.name: run.command for run in compare.plan_comparison(args).runs}
+        assert commands["scratch-lln-mlm"][: len(prefix) + 2] == (*prefix, "-m", "hf_lln.recipes.run_mlm")
+        assert commands["scratch-lln-glue-seed_0"][: len(prefix) + 2] == (
+            *prefix,
+            "-m",
+            "hf_lln.recipes.run_glue",
+        )
+
+
+def test_python_m_runs_the_comparison_from_any_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "hf_lln.experiments.compare", "--help"]
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "--launcher" in completed.stdout

@@ -1,6 +1,6 @@
 """What you trained is what you reload: for every way of choosing an attention, the reloaded model computes what the
-saved one did, or saving warned that the attention is lost. (``scripts/run_glue.py`` on a stock checkpoint:
-``tests/scripts/test_run_glue.py``.)"""
+saved one did, or saving warned that the attention is lost. (``hf_lln.recipes.run_glue`` on a stock checkpoint:
+``tests/recipes/test_run_glue.py``.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of the scripts in ``scripts/``, loaded as modules by file path (they are not a package)."""
+"""Tests of the scripts in ``scripts/`` that hold their own code, loaded as modules by file path (they are not a
+package); the training recipes they wrap are tested under ``tests/recipes/``."""
 
 from __future__ import annotations
 

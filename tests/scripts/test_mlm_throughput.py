@@ -12,6 +12,7 @@ from transformers import AutoModelForMaskedLM
 
 import hf_lln.recipes.training.loop
 from hf_lln.models.configuration_lln import config_for_attention
+from hf_lln.recipes import run_mlm
 from hf_lln.recipes.mlm import MaskedLanguageModeling, load_default_corpus, preset_config
 from tests.scripts import load_script
 
@@ -93,7 +94,7 @@ def test_the_timed_step_is_run_mlms_training_step(script, monkeypatch, capsys, t
     corpus.write_text("\n".join(load_default_corpus()["text"][:200]) + "\n")
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    load_script("run_mlm").main(
+    run_mlm.run(
         ["--output_dir", str(tmp_path / "run"), "--train_file", str(corpus), "--tokenizer_vocab_size", "300"]
         + ["--max_seq_length", "32", "--max_train_steps", "2", "--max_grad_norm", "0.5"]
     )

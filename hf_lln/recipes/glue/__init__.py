@@ -1,4 +1,4 @@
-"""GLUE: the nine tasks, loaders (Hub, GLUE TSV folder, csv/json), the offline metric and the GLUE table.
+"""GLUE: the nine tasks, loaders (Hub, GLUE TSV folder, csv/json), the offline metric and the GLUE tables.
 
 >>> from hf_lln.recipes.glue import get_task, load_glue, glue_metric
 >>> task = get_task("mrpc")
@@ -10,7 +10,14 @@
 from hf_lln.recipes.glue.data import glue_features, load_glue, load_glue_files, load_glue_hub, load_glue_tsv
 from hf_lln.recipes.glue.metrics import accuracy, f1, glue_metric, matthews_correlation, pearson, spearman
 from hf_lln.recipes.glue.submission import write_submission
-from hf_lln.recipes.glue.table import format_comparison_table, format_glue_table, glue_score, task_score
+from hf_lln.recipes.glue.table import (
+    averaged_tasks,
+    format_comparison_table,
+    format_glue_table,
+    glue_score,
+    summarize_repeats,
+    task_score,
+)
 from hf_lln.recipes.glue.tasks import (
     GLUE_TASKS,
     HUB_DATASET,
@@ -26,6 +33,7 @@ __all__ = [
     "TASK_GROUPS",
     "GlueTask",
     "accuracy",
+    "averaged_tasks",
     "f1",
     "format_comparison_table",
     "format_glue_table",
@@ -41,6 +49,7 @@ __all__ = [
     "pearson",
     "resolve_task_names",
     "spearman",
+    "summarize_repeats",
     "task_score",
     "write_submission",
 ]

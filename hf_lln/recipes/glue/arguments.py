@@ -1,4 +1,4 @@
-"""The flags of ``scripts/run_glue.py`` beyond the shared training ones, their checks, and per-task arguments."""
+"""The flags of ``hf_lln.recipes.run_glue`` beyond the shared training ones, their checks, and per-task arguments."""
 
 from __future__ import annotations
 

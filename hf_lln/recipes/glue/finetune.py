@@ -1,7 +1,7 @@
 """The GLUE-specific parts of fine-tuning: model and tokenizer for a task, tokenized splits, evaluation
 with ``gather_for_metrics``, test predictions and the model card's fields.
 
-``scripts/run_glue.py`` strings these together with :mod:`hf_lln.recipes.training`.
+``hf_lln.recipes.run_glue`` strings these together with :mod:`hf_lln.recipes.training`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Masked-language-model pretraining pieces used by ``scripts/run_mlm.py``.
+"""Masked-language-model pretraining pieces used by ``hf_lln.recipes.run_mlm``.
 
 - ``arguments``: the script's model/tokenizer/data flags (``add_mlm_arguments``, ``check_mlm_arguments``).
 - ``model``: presets shipped as JSON in ``presets/`` (``lln-roberta-tiny``, ``-small``, ``-base``),

@@ -19,6 +19,7 @@ from hf_lln.recipes.glue import (
     matthews_correlation,
     pearson,
     spearman,
+    summarize_repeats,
     write_submission,
 )
 
@@ -83,19 +84,29 @@ def test_glue_score_matches_the_leaderboard():
         glue_score({"cola": {"eval_accuracy": 0.8}})
 
 
-def test_comparison_table_puts_runs_side_by_side():
-    run = {"eval_accuracy": 0.9, "eval_f1": 0.8, "train_runtime": 30.0, "epochs": 2.0, "train_samples": 100}
+def test_comparison_table_puts_attentions_side_by_side_over_seeds():
+    mrpc = {"eval_accuracy": 0.9, "eval_f1": 0.8, "train_runtime": 30.0, "epochs": 2.0}
+    wnli = {"eval_accuracy": 0.2, "train_runtime": 10.0, "epochs": 1.0}
+    tasks = ("mrpc", "wnli")
+    summaries = {
+        "sdpa": summarize_repeats(
+            [{"mrpc": mrpc, "wnli": wnli}, {"mrpc": {**mrpc, "eval_f1": 0.6}, "wnli": wnli}], tasks
+        ),
+        # the second seed's WNLI unfinished: left out of that seed's average and time
+        "lln": summarize_repeats(
+            [{"mrpc": {**mrpc, "eval_accuracy": 0.7}, "wnli": wnli}, {"mrpc": mrpc}], tasks
+        ),
+    }
+    assert summaries["lln"]["average"] == pytest.approx({"mean": 0.75, "std": None, "n": 1})
     table = format_comparison_table(
-        {"sdpa": {"mrpc": run}, "lln": {"mrpc": {**run, "eval_f1": 0.5}, "rte": run}}
+        summaries, tasks, repeats=2, reference="sdpa", columns={"folder": {"sdpa": "`a`", "lln": "`b`"}}
     )
+    # MRPC scores the mean of accuracy and F1; the average leaves WNLI out; s/epoch: 30 / 2 + 10 / 1
     assert table.splitlines() == [
-        "| task | metric | sdpa | lln |",
-        "|---|---|---:|---:|",
-        "| mrpc | acc | 90.00 | 90.00 |",
-        "| mrpc | f1 | 80.00 | 50.00 |",
-        "| mrpc | s/epoch (100 rows) | 15.0 | 15.0 |",
-        "| rte | acc | – | 90.00 |",
-        "| rte | s/epoch (100 rows) | – | 15.0 |",
+        "| attention | mrpc | wnli | average | Δ average | s/epoch | folder |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        "| sdpa | 80.00 ± 7.07 | 20.00 ± 0.00 | 80.00 ± 7.07 | +0.00 | 25.0 ± 0.0 | `a` |",
+        "| lln | 80.00 ± 7.07 | 20.00 (n=1) | 75.00 (n=1) | -5.00 | 25.0 (n=1) | `b` |",
     ]
 
 

@@ -1,4 +1,4 @@
-"""scripts/run_mlm.py end to end on CPU: learning, exact resume, two processes, bad input."""
+"""hf_lln.recipes.run_mlm end to end on CPU: learning, exact resume, two processes, bad input, ``python -m``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from tests.scripts import load_script
+from hf_lln.recipes import run_mlm
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "run_mlm.py"
 VOCAB = 320
 # a fast run on the bundled corpus: 32-token blocks, a 320-token vocabulary, the tiny LLN+Diag preset
 FAST = [
@@ -32,14 +31,11 @@ FAST = [
 ]
 
 
-run_mlm = load_script("run_mlm")
-
-
 def run(output_dir: Path, *flags: str) -> dict:
-    """One in-process run of the script, with accelerate's process-wide state reset as in a new process."""
+    """One in-process run, with accelerate's process-wide state reset as in a new process."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    return run_mlm.main(["--output_dir", str(output_dir), *FAST, *flags])
+    return run_mlm.run(["--output_dir", str(output_dir), *FAST, *flags])
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +103,16 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, small_corpus):
 
 
 def test_two_processes_train_the_same_data_as_one(tmp_path, trained, small_corpus):
-    # accelerate's multi-process launcher (torchrun) on CPU: ACCELERATE_USE_CPU=1 makes it gloo processes
+    # accelerate's multi-process launcher (torchrun) on CPU: ACCELERATE_USE_CPU=1 makes it gloo processes;
+    # the recipe as a module ("-m"), from a folder without the checkout's scripts
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", run_mlm.__name__,
         "--output_dir", str(tmp_path / "ddp"), *FAST, "--max_train_steps", "8", "--per_device_train_batch_size", "4",
         "--checkpointing_steps", "4", "--tokenizer_name", str(trained), "--train_file", str(small_corpus),
     ]  # fmt: skip
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "2 processes x 4 per device" in completed.stderr
     ddp = json.loads((tmp_path / "ddp" / "all_results.json").read_text())

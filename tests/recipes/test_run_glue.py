@@ -1,4 +1,5 @@
-"""scripts/run_glue.py end to end on a tiny BERT: every task trains, evaluates, predicts and saves."""
+"""hf_lln.recipes.run_glue end to end on a tiny BERT: every task trains, evaluates, predicts and saves; and
+hf_lln.recipes.glue_sweep, which runs it once per attention."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import hf_lln
-from tests.scripts import load_script
+from hf_lln.recipes import glue_sweep, run_glue
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "glue"
@@ -40,9 +41,6 @@ SUBMISSION_FILES = {
     "rte": ["RTE.tsv"],
     "wnli": ["WNLI.tsv"],
 }
-
-
-run_glue = load_script("run_glue")
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +65,12 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 def run(tiny_bert: Path, output_dir: Path, *flags: str) -> dict:
-    """run_glue.main with a tiny batch and step size; ``flags`` may be whole flag strings ("--task_name rte")."""
+    """run_glue.run with a tiny batch and step size; ``flags`` may be whole flag strings ("--task_name rte")."""
     defaults = (
         "--per_device_train_batch_size 2 --per_device_eval_batch_size 2 --learning_rate 1e-3 --max_length 64"
     )
     argv = ["--model_name_or_path", str(tiny_bert), "--output_dir", str(output_dir), *defaults.split()]
-    return run_glue.main(argv + [part for flag in flags for part in flag.split(" ")])
+    return run_glue.run(argv + [part for flag in flags for part in flag.split(" ")])
 
 
 def test_all_nine_tasks_train_evaluate_predict_and_save(tiny_bert, tmp_path):
@@ -118,6 +116,15 @@ def test_all_nine_tasks_train_evaluate_predict_and_save(tiny_bert, tmp_path):
             assert [int(row[0]) for row in rows[1:]] == [row[-1] for row in EXPECTED[task][split]]
     table = json.loads((tmp_path / "glue_results.json").read_text())
     assert set(table) == set(EXPECTED)
+
+
+def test_main_runs_in_process(tiny_bert, tmp_path):
+    """The command's entry point, as ``python -m`` and the console script call it, here in this process."""
+    argv = ["--model_name_or_path", str(tiny_bert), "--output_dir", str(tmp_path), "--task_name", "rte"]
+    argv += ["--glue_dir", str(FIXTURES), "--max_train_steps", "1", "--per_device_train_batch_size", "2"]
+    assert run_glue.main(argv) == 0
+    assert json.loads((tmp_path / "all_results.json").read_text())["train_steps"] == 1
+    assert set(json.loads((tmp_path / "glue_results.json").read_text())) == {"rte"}
 
 
 def test_reported_metrics_match_the_saved_model(tiny_bert, tmp_path):
@@ -304,7 +311,6 @@ def test_a_run_into_a_used_folder_is_refused_and_writes_shareable_files(tiny_ber
 
 
 def test_sweep_prints_attentions_side_by_side(tiny_bert, tmp_path):
-    glue_sweep = load_script("glue_sweep")
     argv = [
         "--model_name_or_path",
         str(tiny_bert),
@@ -314,10 +320,18 @@ def test_sweep_prints_attentions_side_by_side(tiny_bert, tmp_path):
         str(tmp_path),
     ]
     argv += "--tasks mrpc --attentions sdpa eager --num_train_epochs 1 --warmup_steps 1 -- --max_length 32".split()
-    table = glue_sweep.main(argv)
+    table = glue_sweep.run(argv)
     lines = table.splitlines()
-    assert lines[0] == "| task | metric | sdpa | eager |"
-    assert [line.split(" | ")[1] for line in lines[2:]] == ["acc", "f1", "s/epoch (4 rows)"]
+    # the table compare writes: task scores, average, its difference to softmax (sdpa), time per epoch
+    assert lines[0] == "| attention | mrpc | average | Δ average | s/epoch |"
+    rows = {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    }
+    assert list(rows) == ["sdpa", "eager"] and rows["sdpa"][2] == "+0.00"
+    eager = json.loads((tmp_path / "eager" / "all_results.json").read_text())
+    score = f"{100 * (eager['eval_accuracy'] + eager['eval_f1']) / 2:.2f}"
+    assert rows["eager"][:2] == [score, score]
+    assert rows["eager"][3] == f"{eager['train_runtime'] / eager['epochs']:.1f}"
     assert (tmp_path / "comparison.md").read_text() == table + "\n"
-    assert (tmp_path / "eager" / "all_results.json").is_file()
     assert json.loads((tmp_path / "warmup" / "eager" / "all_results.json").read_text())["train_steps"] == 1
