@@ -126,7 +126,7 @@ def performer_attention(
     in_dtype = q.dtype
     check_scale(scale)
     check_tensor("projection", projection, 2, f"(num_features, head_dim={q.shape[-1]})")
-    if projection.shape[1] != q.shape[-1]:
+    if not torch.jit.is_tracing() and projection.shape[1] != q.shape[-1]:
         raise ValueError(
             f"projection must have shape (num_features, head_dim={q.shape[-1]}), got {tuple(projection.shape)}"
         )
@@ -141,7 +141,7 @@ def cosformer_angles(mask: torch.Tensor | None, batch: int, seq: int, device, dt
         positions = torch.arange(seq, device=device, dtype=dtype).expand(batch, seq)
         length = torch.full((batch, 1), float(seq), device=device, dtype=dtype)
     else:
-        positions = (mask.cumsum(dim=1) - 1).clamp_min(0).to(dtype)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0).to(dtype)  # ONNX sums no bools
         length = mask.sum(dim=1, keepdim=True).clamp_min(1).to(dtype)
     return (math.pi / 2 * positions / length)[:, None, :, None]
 

@@ -46,7 +46,8 @@ def block_diag_torch(q, k, v, mask=None, *, block_size=None, causal=False, scale
     block = head_dim if block_size is None else block_size
     pad = (-seq) % block
     blocks = (seq + pad) // block
-    if pad:
+    # A traced graph (the legacy ONNX exporter) must pad whatever length it later sees, so it always pads.
+    if torch.jit.is_tracing() or pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         real = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if mask is None else mask
         mask = F.pad(real, (0, pad), value=False)

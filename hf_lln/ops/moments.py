@@ -130,7 +130,7 @@ def lln_feature_scales(
     ``beta = s~ / s_k``, with ``(a, b) = moment_constants(head_dim)`` and the stds floored at
     ``MIN_STD`` so alpha and beta stay finite.
     """
-    if q_std.shape != k_std.shape:
+    if not torch.jit.is_tracing() and q_std.shape != k_std.shape:
         raise ValueError(
             f"q_std and k_std must have the same shape (batch, heads), got {tuple(q_std.shape)} "
             f"and {tuple(k_std.shape)}"
