@@ -6,7 +6,7 @@ Concentration is measured by the variance, over the keys ``j`` of a query row ``
 LLN, ``A_ij ∝ sum_c exp(alpha q_ic + beta k_jc)``, is modelled as ``2 a s~^2 + b`` where
 ``alpha s_q = beta s_k = s~``; equating the two gives ``s~^2 = (s_sm^2 - b) / (2 a)``. The constants
 ``(a, b)`` depend on the head size; ``MOMENT_CONSTANTS`` holds them, fitted by simulation with
-``scripts/fit_moment_constants.py`` (method and measured matching errors in docs/moment_matching.md).
+``hf_lln.experiments.fit_moment_constants`` (method and measured matching errors in docs/moment_matching.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ STATS_MODES = ("per_sequence", "global")
 
 PAPER_CONSTANTS: dict[int, tuple[float, float]] = {64: (0.14855178144710912, -0.35487039130661086)}
 
-# Written by `python scripts/fit_moment_constants.py --write`; 64 keeps the paper's constants.
+# Written by `python -m hf_lln.experiments.fit_moment_constants --write`; 64 keeps the paper's constants.
 MOMENT_CONSTANTS: dict[int, tuple[float, float]] = {
     4: (0.29215, -0.20701),
     8: (0.24155, -0.30779),
@@ -65,7 +65,7 @@ def moment_constants(head_dim: int) -> tuple[float, float]:
     if not sizes[0] <= head_dim <= sizes[-1]:
         raise ValueError(
             f"head_dim must be between {sizes[0]} and {sizes[-1]} (the head sizes fitted in "
-            f"MOMENT_CONSTANTS; extend the table with scripts/fit_moment_constants.py), got {head_dim}"
+            f"MOMENT_CONSTANTS; extend the table with hf_lln.experiments.fit_moment_constants), got {head_dim}"
         )
     if head_dim in MOMENT_CONSTANTS:
         return MOMENT_CONSTANTS[head_dim]

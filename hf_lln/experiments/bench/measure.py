@@ -1,6 +1,6 @@
 """Measurement primitives: timing a call, its peak extra memory, the copy bandwidth and an op's byte floor.
 
-These take no benchmark configuration beyond a :class:`Timing`, so scripts (``scripts/bench_kernels.py``) time
+These take no benchmark configuration beyond a :class:`Timing`, so scripts (``hf_lln.experiments.bench_kernels``) time
 their own calls the way ``hf-lln bench`` does.
 """
 

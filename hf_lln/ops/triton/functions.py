@@ -35,7 +35,7 @@ PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
 @dataclass
 class LaunchConfig:
-    """Tuning knobs (``scripts/bench_kernels.py`` compares settings); defaults from the H100 runs."""
+    """Tuning knobs (``hf_lln.experiments.bench_kernels`` compares settings); defaults from the H100 runs."""
 
     programs_per_sm: int = 8
     output_tiles_per_program: int = 1

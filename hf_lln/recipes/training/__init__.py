@@ -43,7 +43,7 @@ API:
   ``compute_loss``, not in a collate function, so that it resumes exactly.
 - ``training_step(accelerator, model, optimizer, scheduler, batch, compute_loss, max_grad_norm) -> loss``:
   one micro-batch as ``train`` runs it (loss, backward, clipping, optimizer and scheduler steps under
-  ``accelerator.accumulate``); ``scripts/mlm_throughput.py`` times it.
+  ``accelerator.accumulate``); ``hf_lln.experiments.mlm_throughput`` times it.
 - ``TrainingSummary``: ``completed_steps, epochs, train_loss, train_runtime, train_tokens,
   tokens_per_second, eval_metrics, log_history``; ``.results()`` flattens it (``eval_`` prefix) for
   ``all_results.json``.

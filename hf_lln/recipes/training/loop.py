@@ -120,7 +120,7 @@ def training_step(
 
     Everything must already be ``accelerator.prepare``-d; ``accelerator.accumulate`` skips DDP's gradient
     reduction on the micro-batches that do not step, and accelerate's prepared optimizer skips its step
-    and zeroing there. ``scripts/mlm_throughput.py`` times this very function, so what it measures is
+    and zeroing there. ``hf_lln.experiments.mlm_throughput`` times this very function, so what it measures is
     what training runs.
     """
     with accelerator.accumulate(model):

@@ -1,8 +1,9 @@
-"""scripts/mlm_throughput.py: the zero-cost attention baseline, the table set against it, and the training
+"""hf_lln.experiments.mlm_throughput: the zero-cost attention baseline, the table set against it, and the training
 step it times being run_mlm.py's."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -14,7 +15,6 @@ import hf_lln.recipes.training.loop
 from hf_lln.models.configuration_lln import config_for_attention
 from hf_lln.recipes import run_mlm
 from hf_lln.recipes.mlm import MaskedLanguageModeling, load_default_corpus, preset_config
-from tests.scripts import load_script
 
 TINY_TABLE = [
     "mlm_throughput.py",
@@ -37,7 +37,7 @@ TINY_TABLE = [
 
 @pytest.fixture(scope="module")
 def script():
-    return load_script("mlm_throughput")
+    return importlib.import_module("hf_lln.experiments.mlm_throughput")
 
 
 def test_zero_cost_attention_ignores_queries_and_keys(script):

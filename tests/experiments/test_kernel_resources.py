@@ -1,19 +1,20 @@
-"""scripts/kernel_resources.py: the fused kernels compiled for sm_90 on the CPU, through Triton's ptxas."""
+"""hf_lln.experiments.kernel_resources: the fused kernels compiled for sm_90 on the CPU, through Triton's ptxas."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 
 pytest.importorskip("triton")
 
-from tests.scripts import load_script  # noqa: E402
 
 H100_SHARED_KIB = 227
 
 
 @pytest.fixture(scope="module")
 def script():
-    return load_script("kernel_resources")
+    return importlib.import_module("hf_lln.experiments.kernel_resources")
 
 
 @pytest.mark.slow

@@ -1,0 +1,268 @@
+"""MLM training throughput (tokens/s, ms per step) and peak memory per attention and sequence length;
+loss-curve comparison.
+
+Each measurement builds the preset as run_mlm.py does (``build_model``: vocabulary padded to a multiple
+of 64) and trains it on random words through ``hf_lln.recipes.training.training_step``, the function run_mlm.py's
+training loop calls: BERT masking drawn on the CPU every step, the loss projecting only the masked
+positions onto the vocabulary, backward, gradient clipping (``--max_grad_norm``), AdamW and scheduler
+steps under accelerate's mixed precision. It runs ``--warmup_steps`` steps, then times ``--steps`` steps.
+``zero_cost`` is an attention that costs nothing (each token keeps its own value): a step with it is
+the floor the other attentions' steps are compared with (the ``x zero_cost`` column); ``sdpa`` is softmax.
+With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out.
+
+    python -m hf_lln.experiments.mlm_throughput --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
+        --mixed_precision no --tokens_per_batch 256                                   # CPU smoke run
+    python -m hf_lln.experiments.mlm_throughput --find_max_seq_length                            # one H100: base, bf16
+    python -m hf_lln.experiments.mlm_throughput --attn_implementations zero_cost sdpa lln lln_diag --attention_dropout 0 \
+        --seq_lengths 512 4096 16384 32768 --tokens_per_batch 32768                   # issue 8's training step
+
+Compare the loss curves of finished run_mlm.py runs (their ``log_history.json``), e.g. 1 GPU vs 2-GPU DDP:
+
+    python -m hf_lln.experiments.mlm_throughput --loss_curves outputs/mlm-1gpu outputs/mlm-2gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AttentionInterface, AttentionMaskInterface, RobertaTokenizer, get_scheduler
+
+from hf_lln.integration.attention import key_padding_mask
+from hf_lln.models.configuration_lln import config_for_attention
+from hf_lln.recipes.mlm import PRESETS, MaskedLanguageModeling, build_model, preset_config
+from hf_lln.recipes.mlm.model import VOCABULARY_MULTIPLE
+from hf_lln.recipes.training import (
+    LOG_HISTORY_FILE,
+    apply_memory_options,
+    decay_parameter_groups,
+    training_step,
+)
+
+MASK_SHARE = 0.15
+# the presets' special tokens at their ids (bos 0, pad 1, eos 2); the ids above are words
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+FIRST_WORD_ID = len(SPECIAL_TOKENS)
+ZERO_COST = "zero_cost"
+
+
+def zero_cost_attention(module, query, key, value, attention_mask, **kwargs):
+    """``value: (batch, heads, seq, head_dim)`` -> ``((batch, seq, heads, head_dim), None)``: each token
+    keeps its own value, so the step costs what everything but the attention costs."""
+    return value.transpose(1, 2), None
+
+
+AttentionInterface.register(ZERO_COST, zero_cost_attention)
+AttentionMaskInterface.register(ZERO_COST, key_padding_mask)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config_name", default="lln-roberta-base", choices=PRESETS)
+    parser.add_argument("--attn_implementations", nargs="+", default=[ZERO_COST, "sdpa", "lln", "lln_diag"])
+    parser.add_argument("--seq_lengths", nargs="+", type=int, default=[512, 4096])
+    parser.add_argument(
+        "--tokens_per_batch",
+        type=int,
+        default=16384,
+        help="Batch size = tokens_per_batch // seq (at least 1).",
+    )
+    parser.add_argument(
+        "--attention_dropout",
+        type=float,
+        default=None,
+        help="attention_probs_dropout_prob for every model (default: the preset's, 0.1; the fused kernels take it).",
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=1.0,
+        help="Gradient clipping norm, as run_mlm.py's (default 1.0, its default); 0 disables.",
+    )
+    parser.add_argument(
+        "--find_max_seq_length",
+        action="store_true",
+        help="Also find the longest sequence that fits at batch 1.",
+    )
+    parser.add_argument("--max_probe_length", type=int, default=131072)
+    parser.add_argument(
+        "--loss_curves", nargs="+", type=Path, help="Only compare these runs' log_history.json."
+    )
+    args = parser.parse_args(argv)
+    if args.max_grad_norm < 0:
+        parser.error(f"--max_grad_norm must be non-negative, got {args.max_grad_norm}")
+    return args
+
+
+def word_tokenizer(vocab_size: int) -> RobertaTokenizer:
+    """A tokenizer of ``vocab_size`` ids: ``SPECIAL_TOKENS`` then one word per id. The masking draws its
+    ``<mask>`` id and its random replacements from it, as run_mlm.py's does from the trained tokenizer."""
+    vocab = {token: token_id for token_id, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{token_id}": token_id for token_id in range(FIRST_WORD_ID, vocab_size)})
+    return RobertaTokenizer(vocab=vocab, merges=[])
+
+
+def random_batch(tokenizer, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch as run_mlm.py's dataloader gives it: ``input_ids``, ``attention_mask`` and
+    ``special_tokens_mask``, each ``(batch, seq)``; random words, no padding."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    input_ids = torch.randint(FIRST_WORD_ID, len(tokenizer), (batch, seq), generator=generator)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "special_tokens_mask": torch.zeros_like(input_ids).to(device),
+    }
+
+
+def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int, batch: int) -> dict | None:
+    """Tokens/s and peak memory of training steps at (batch, seq); None when it does not fit in memory."""
+    config = config_for_attention(preset_config(args.config_name), attention)
+    if args.attention_dropout is not None:
+        config.attention_probs_dropout_prob = args.attention_dropout
+    model_args = argparse.Namespace(
+        model_name_or_path=None,
+        attn_implementation=attention,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    model = optimizer = scheduler = None
+    try:
+        model = build_model(model_args, config, tokenizer, seq)
+        apply_memory_options(model, model_args)
+        optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=1e-4)
+        # run_mlm.py's default schedule (linear); what it costs per step does not depend on its shape
+        scheduler = get_scheduler(
+            "linear",
+            optimizer,
+            num_warmup_steps=args.warmup_steps,
+            num_training_steps=args.warmup_steps + args.steps,
+        )
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        model.train()
+        inputs = random_batch(tokenizer, batch, seq, accelerator.device)
+        objective = MaskedLanguageModeling(tokenizer, MASK_SHARE, seed=0)
+        torch.manual_seed(0)  # the masks of every row are drawn from the global RNG, as in run_mlm.py
+        if accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for step in range(args.warmup_steps + args.steps):
+            if step == args.warmup_steps:
+                synchronize(accelerator)
+                start = time.perf_counter()
+            training_step(
+                accelerator, model, optimizer, scheduler, inputs, objective.loss, args.max_grad_norm
+            )
+        synchronize(accelerator)
+        seconds = time.perf_counter() - start
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
+        )
+        return {
+            "tokens_per_second": batch * seq * args.steps / seconds,
+            "ms_per_step": seconds / args.steps * 1e3,
+            "peak_gib": peak,
+        }
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        del model, optimizer, scheduler
+        accelerator.free_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def synchronize(accelerator: Accelerator) -> None:
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def longest_fitting_length(accelerator: Accelerator, args, tokenizer, attention: str) -> int | None:
+    """Double the length at batch 1 from the largest of ``--seq_lengths`` until a step runs out of memory."""
+    fitted = None
+    seq = max(args.seq_lengths)
+    probe = argparse.Namespace(**{**vars(args), "steps": 1, "warmup_steps": 1})
+    while (
+        seq <= args.max_probe_length and measure(accelerator, probe, tokenizer, attention, seq, 1) is not None
+    ):
+        fitted = seq
+        seq *= 2
+    return fitted
+
+
+def throughput_table(args) -> None:
+    # as run_mlm.py's accelerator: the training step steps the scheduler once per optimizer step
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, step_scheduler_with_optimizer=False)
+    tokenizer = word_tokenizer(preset_config(args.config_name).vocab_size)
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
+    print(
+        f"{args.config_name} (vocabulary {len(tokenizer)}, rows padded to a multiple of {VOCABULARY_MULTIPLE}), "
+        f"{args.mixed_precision}, {device}, {args.steps} timed steps"
+    )
+    print("| attention | seq | batch | tokens/s | ms/step | x zero_cost | peak memory (GiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    floor: dict[int, float] = {}
+    # the zero-cost step first, so every other row can be set against it
+    attentions = sorted(args.attn_implementations, key=lambda name: name != ZERO_COST)
+    for attention in attentions:
+        for seq in args.seq_lengths:
+            batch = max(1, args.tokens_per_batch // seq)
+            result = measure(accelerator, args, tokenizer, attention, seq, batch)
+            if result is None:
+                print(f"| {attention} | {seq} | {batch} | out of memory | | | |", flush=True)
+                continue
+            if attention == ZERO_COST:
+                floor[seq] = result["ms_per_step"]
+            ratio = f"{result['ms_per_step'] / floor[seq]:.2f}" if seq in floor else ""
+            print(
+                f"| {attention} | {seq} | {batch} | {result['tokens_per_second']:,.0f} | "
+                f"{result['ms_per_step']:.1f} | {ratio} | {result['peak_gib']:.2f} |",
+                flush=True,
+            )
+    if args.find_max_seq_length:
+        print("\n| attention | longest sequence that trains at batch 1 |")
+        print("|---|---:|")
+        for attention in args.attn_implementations:
+            fitted = longest_fitting_length(accelerator, args, tokenizer, attention)
+            limit = "none fits" if fitted is None else str(fitted)
+            if fitted is not None and fitted * 2 > args.max_probe_length:
+                limit += " (probe limit)"
+            print(f"| {attention} | {limit} |", flush=True)
+
+
+def loss_curve_table(run_dirs: list[Path]) -> None:
+    """Training loss per logged step and the evaluations of each run side by side."""
+    histories = []
+    for run_dir in run_dirs:
+        path = run_dir / LOG_HISTORY_FILE
+        if not path.is_file():
+            raise SystemExit(f"--loss_curves {run_dir}: no {LOG_HISTORY_FILE} (a finished run_mlm.py run?)")
+        histories.append(json.loads(path.read_text()))
+    for key in ("train_loss", "eval_loss"):
+        curves = [{entry["step"]: entry[key] for entry in history if key in entry} for history in histories]
+        steps = sorted(set().union(*curves))
+        print(f"\n| step | {' | '.join(f'{key} {run_dir}' for run_dir in run_dirs)} |")
+        print("|---:|" + "---:|" * len(run_dirs))
+        for step in steps:
+            cells = [f"{curve[step]:.4f}" if step in curve else "" for curve in curves]
+            print(f"| {step} | {' | '.join(cells)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.loss_curves:
+        loss_curve_table(args.loss_curves)
+    else:
+        throughput_table(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
