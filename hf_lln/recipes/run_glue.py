@@ -90,7 +90,7 @@ def finetune(
         apply_memory_options(model, args)
         with accelerator.main_process_first():
             encoded = tokenize_splits(splits, task, tokenizer, args.max_length, args.pad_to_max_length)
-        collate = make_collator(tokenizer, args)
+        collate = make_collator(tokenizer, args, accelerator.mixed_precision)
         train_dl = make_dataloader(encoded["train"], collate, args.per_device_train_batch_size, shuffle=True)
         eval_splits = [split for split in task.validation_splits if split in encoded]
         test_splits = [split for split in task.test_splits if split in encoded]

@@ -122,11 +122,13 @@ def tokenize_splits(
     return datasets.DatasetDict(encoded)
 
 
-def make_collator(tokenizer, args: argparse.Namespace):
-    """Pad each batch to its longest row (a multiple of 8 under mixed precision), or stack fixed-length rows."""
+def make_collator(tokenizer, args: argparse.Namespace, mixed_precision: str):
+    """Pad each batch to its longest row (a multiple of 8 under mixed precision, as the accelerator runs it:
+    ``accelerator.mixed_precision``, which an accelerate config can set without the flag), or stack fixed-length
+    rows."""
     if args.pad_to_max_length:
         return default_data_collator
-    multiple = 8 if args.mixed_precision in ("fp16", "bf16", "fp8") else None
+    multiple = 8 if mixed_precision in ("fp16", "bf16", "fp8") else None
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
