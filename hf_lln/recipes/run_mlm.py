@@ -1,7 +1,7 @@
 """Pretrain a BERT/RoBERTa-style masked language model with any registered attention, through accelerate.
 
 With no argument it trains the ``lln-roberta-tiny`` preset (LLN+Diag attention) on the bundled
-public-domain corpus, on CPU in about a minute, and writes ``outputs/mlm``::
+public-domain corpus, on CPU in a few minutes, and writes ``outputs/mlm``::
 
     accelerate launch -m hf_lln.recipes.run_mlm
     python -m hf_lln.recipes.run_mlm --attn_implementation sdpa --max_train_steps 50 --output_dir outputs/mlm-softmax
