@@ -217,8 +217,8 @@ def _unknown(argument: str, name, known: tuple[str, ...]) -> ValueError:
     softmax = [item for item in known if item in SOFTMAX_IMPLEMENTATIONS]
     also = f", or one of Transformers' softmax implementations {', '.join(softmax)}" if softmax else ""
     return ValueError(
-        f"{argument} must be one of hf_lln's attention variants {', '.join(map(repr, ATTENTION_VARIANTS))}{also}; "
-        f"got {name!r}, which is not an attention implementation.{hint}"
+        f"{argument} must be one of hf_lln's attention variants {', '.join(map(repr, ATTENTION_VARIANTS))}{also}: "
+        f"{name!r} is not an attention implementation.{hint}"
     )
 
 

@@ -260,7 +260,9 @@ CARD_SNIPPET = textwrap.dedent(
     assert type(model).__module__.startswith("transformers_modules"), type(model)
     assert tokenizer(text)["input_ids"] == expected_ids
     with torch.no_grad():
-        assert torch.equal(model.eval()(**tokenizer(text, return_tensors="pt")).last_hidden_state, expected)
+        # one thread here, several in the test process: the sums round differently
+        out = model.eval()(**tokenizer(text, return_tensors="pt")).last_hidden_state
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     print("card snippet ran")
     """
 )
@@ -277,7 +279,8 @@ def test_model_card_snippet_without_hf_lln_loads_the_tokenizer_with_no_remote_co
     tokenizer.save_pretrained(folder)
     card = ModelCard.load(write_model_card(folder, model.config)).text
     without = card[card.index("Without hf_lln") :]
-    assert "pip install hf-lln" in without
+    # where Transformers refuses the custom code, the card says to install hf_lln (as it can be installed today)
+    assert "hf_lln is not installed" in without and "git repository or a local clone" in without
     snippet = without[without.index("```python\n") + len("```python\n") :]
     snippet = snippet[: snippet.index("```")]
     text = "w1 w2 w3 w4 w5"
