@@ -31,7 +31,6 @@ except ImportError:
 
 KERNEL_MODES = ("auto", "triton", "torch")
 KERNELS_ENV = "HF_LLN_KERNELS"
-BACKENDS = ("triton", "torch")
 
 logger = logging.getLogger(__name__)
 
