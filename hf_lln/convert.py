@@ -18,6 +18,12 @@ with the same modules. Left out are the softmax model's weights in other formats
 truncates inputs to stays what it was (the model was trained to it): ``sentence_bert_config.json`` keeps its
 ``max_seq_length``, and where it has none (sentence-transformers >= 6 keeps the length in the tokenizer) the
 tokenizer keeps its ``model_max_length``. Set ``model.max_seq_length`` to use the longer positions.
+
+``--transfer [TEXT]`` then trains the new attention to reproduce the checkpoint's softmax attention on TEXT (a text
+file, a folder of ``.txt`` files, a Hub dataset id; the bundled corpus without TEXT; ``hf_lln.transfer``), so that
+the converted model starts close to the original; the card records how, with every layer's loss before and after:
+
+    hf-lln convert path/to/bert out/lln-bert --variant lln --transfer wiki.txt --transfer_steps 600
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ from hf_lln.models.configuration_lln import LLN_SETTINGS_DEFAULTS, lln_config_fr
 from hf_lln.models.modeling_lln import AUTO_MODEL_CLASSES
 from hf_lln.ops.lln_diag import MIX_MODES
 from hf_lln.ops.moments import STATS_MODES
+from hf_lln.transfer.loop import TransferReport
+from hf_lln.transfer.options import (
+    TextTransfer,
+    add_transfer_arguments,
+    prepare_transfer,
+    transfer_converted,
+    transfer_options,
+)
 from hf_lln.variants import ATTENTION_VARIANTS
 
 # Checkpoint heads without an LLN class whose weights are a superset of one that has.
@@ -77,8 +91,9 @@ SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
 class ConversionReport:
     """What ``convert_checkpoint`` did: the class written, the weights it added (LLN parameters, start at the
     average), the checkpoint weights it left out (heads the class does not have), the checkpoint's other files
-    (paths relative to it): carried over unchanged, or left out (``NOT_CARRIED``: weights, config, exports), and,
-    for a sentence-transformers checkpoint, the length sentence-transformers truncates inputs to (unchanged)."""
+    (paths relative to it): carried over unchanged, or left out (``NOT_CARRIED``: weights, config, exports), for a
+    sentence-transformers checkpoint the length sentence-transformers truncates inputs to (unchanged), and the
+    attention transfer's report (None without ``--transfer``)."""
 
     model_class: str
     new_lln_weights: list[str]
@@ -87,6 +102,7 @@ class ConversionReport:
     carried_files: list[str]
     left_out_files: list[str]
     sentence_transformers_max_seq_length: int | None
+    transfer: TransferReport | None = None
 
 
 def lln_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
@@ -134,12 +150,16 @@ def convert_checkpoint(
     *,
     variant: str = LLN_SETTINGS_DEFAULTS["lln_variant"],
     max_position: int | None = None,
+    transfer: TextTransfer | None = None,
     **lln_settings,
 ) -> ConversionReport:
     """Write the LLN checkpoint of ``src`` (folder or Hub id) to the new folder ``dst`` (weights, config, remote
     code, tokenizer when ``src`` has one, model card) with every other file of ``src`` carried over unchanged
     (see the module docstring). Raises before writing anything if ``dst`` exists or a weight the LLN model needs
-    is missing from ``src``."""
+    is missing from ``src``.
+
+    ``transfer``: first train the converted attention against ``src``'s softmax attention (``hf_lln.transfer``);
+    its text is read, and the tokenizer looked for, before any model is loaded. The card records how."""
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"dst {dst} already exists; choose a new folder")
@@ -147,8 +167,11 @@ def convert_checkpoint(
         isinstance(max_position, bool) or not isinstance(max_position, int) or max_position < 1
     ):
         raise ValueError(f"max_position must be an integer >= 1, got {max_position!r}")
-    config = lln_config_from(AutoConfig.from_pretrained(src), lln_variant=variant, **lln_settings)
+    source_config = AutoConfig.from_pretrained(src)
+    config = lln_config_from(source_config, lln_variant=variant, **lln_settings)
     model_class = lln_model_class(config)
+    tokenizer = _tokenizer_or_none(src)
+    texts = prepare_transfer(transfer, src, source_config, tokenizer)
     model, loading = model_class.from_pretrained(src, config=config, output_loading_info=True)
     missing = [key for key in loading["missing_keys"] if ".lln_mix." not in key]
     if missing or loading["mismatched_keys"]:
@@ -156,7 +179,9 @@ def convert_checkpoint(
             f"{src} does not hold every weight of {model_class.__name__}: missing {sorted(missing)}, "
             f"mismatched {sorted(loading['mismatched_keys'])}"
         )
-    tokenizer = _tokenizer_or_none(src)
+    transfer_report = None
+    if transfer is not None:
+        transfer_report = transfer_converted(src, model, tokenizer, transfer, texts)
     is_local = Path(src).exists()
     source = Path(src) if is_local else Path(snapshot_download(str(src), ignore_patterns=list(NOT_CARRIED)))
     length_setting = sentence_transformers_length_setting(source)
@@ -179,6 +204,7 @@ def convert_checkpoint(
             model_name=dst.name,
             base_model=base_model,
             conversion=ConversionNote(base_model or Path(src).resolve().name, original_positions),
+            training_summary=transfer_report.summary() if transfer_report is not None else None,
         )
         carried, left_out = carry_files(source, staging)
         make_shareable(staging)  # safetensors writes its files 0600 whatever the umask
@@ -198,6 +224,7 @@ def convert_checkpoint(
         carried_files=carried,
         left_out_files=left_out,
         sentence_transformers_max_seq_length=max_seq_length,
+        transfer=transfer_report,
     )
 
 
@@ -267,6 +294,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--block_size", type=int, help="LLN+Diag softmax block size (default: head size)")
     parser.add_argument("--mix_mode", choices=MIX_MODES, default=LLN_SETTINGS_DEFAULTS["lln_mix_mode"])
     parser.add_argument("--stats", choices=STATS_MODES, default=LLN_SETTINGS_DEFAULTS["lln_stats"])
+    add_transfer_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -279,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
             validate_repo_id(args.src)
         except HFValidationError:
             raise ValueError(f"src {args.src}: no such folder (and not a Hub model id)") from None
+    transfer = transfer_options(args)
     report = convert_checkpoint(
         args.src,
         args.dst,
@@ -287,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         lln_block_size=args.block_size,
         lln_mix_mode=args.mix_mode,
         lln_stats=args.stats,
+        transfer=transfer,
     )
     print(f"wrote {report.model_class} ({args.variant}) to {args.dst}")
     print(f"max_position_embeddings: {report.max_position_embeddings}")

@@ -168,6 +168,24 @@ REMOTE_LOAD = textwrap.dedent(
 )
 
 
+def assert_remote_loads(cases: dict, tmp_path: Path) -> None:
+    """Run ``REMOTE_LOAD`` on ``cases`` (folder -> ``(auto class name, inputs, expected output)``) in a process that
+    cannot import hf_lln, and assert that every folder loads as remote code with the expected outputs."""
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path / "cases.pt"), str(tmp_path / "resaved")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"loaded {len(cases)}" in result.stdout
+
+
 def test_every_head_loads_with_trust_remote_code_without_hf_lln(tmp_path):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, TINY["vocab_size"], (2, 9), generator=generator)
@@ -193,19 +211,7 @@ def test_every_head_loads_with_trust_remote_code_without_hf_lln(tmp_path):
                 output = model(**inputs)
             expected = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
             cases[str(folder)] = (auto_name, inputs, expected)
-    torch.save(cases, tmp_path / "cases.pt")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path / "cases.pt"), str(tmp_path / "resaved")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "loaded 12" in result.stdout
+    assert_remote_loads(cases, tmp_path)
 
 
 def test_save_pretrained_with_push_to_hub_uploads_after_the_remote_code_is_written(tmp_path, monkeypatch):

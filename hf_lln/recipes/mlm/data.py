@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from hf_lln.recipes.mlm.arguments import DATA_EXTENSIONS
+from hf_lln.transfer.texts import BUNDLED_CORPUS as DEFAULT_CORPUS  # named where `datasets` is not needed
 
-DEFAULT_CORPUS = Path(__file__).parent / "corpus" / "gutenberg_sample.txt.gz"
 MODEL_COLUMNS = ("input_ids", "attention_mask", "special_tokens_mask")
 
 

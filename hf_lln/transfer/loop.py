@@ -1,0 +1,344 @@
+"""``transfer_attention``: teach a linear-attention student the attention of its softmax teacher.
+
+Stage 1, layer by layer: the teacher runs on a batch and its hidden states are kept; each student layer gets the
+teacher's input hidden states for that layer and is trained to match the teacher layer's attention output (and/or
+attention weights, ``hf_lln.transfer.matching``). Each layer's loss depends only on that layer's parameters and
+on teacher inputs, so all layers train at once from one teacher pass, each with its own gradient clipping: the
+same as training them one after the other, at the cost of one. Stage 2 (optional), end to end: the whole student
+runs on its own hidden states and is trained to match the teacher's final hidden states.
+
+Device and precision come from an ``accelerate.Accelerator`` (``mixed_precision`` "bf16"/"fp16" autocasts the
+forward passes; the trained weights stay float32, every loss is computed in float32, fp16 gradients go through
+the accelerator's gradient scaler). The models are moved to the accelerator's device and used as they are
+(no distributed wrapper): run it on one process, or on every process with the same batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from hf_lln.models.configuration_lln import LLN_MODEL_TYPES, lln_settings
+from hf_lln.transfer.matching import (
+    LOSSES,
+    hidden_loss,
+    layer_loss,
+    pooled_cosine,
+    resolve_loss,
+    student_attention,
+    teacher_attention,
+)
+from hf_lln.transfer.params import TRAIN_MODES, attention_parameters
+from hf_lln.variants import ATTENTION_VARIANTS, SOFTMAX_IMPLEMENTATIONS
+
+# the stock families and their LLN classes
+MODEL_TYPES = (*LLN_MODEL_TYPES, *LLN_MODEL_TYPES.values())
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How ``transfer_attention`` trains.
+
+    ``steps``: layer-by-layer steps; ``end_to_end_steps``: end-to-end steps after them (0 skips the stage);
+    ``learning_rate``: AdamW peak rate of both stages (warm-up over the first 10% of each, cosine decay to 0);
+    ``train``: which parameters (``hf_lln.transfer.params.TRAIN_MODES``); ``lora_rank``: rank of ``train="lora"``;
+    ``loss``: layer loss, ``"weights"`` (KL of the attention rows), ``"output"`` (relative squared error of the
+    attention output), ``"both"``, or ``"auto"``: weights where the variant has one attention distribution per
+    row, else output (``hf_lln.transfer.matching.resolve_loss``; the report holds the one used);
+    ``max_grad_norm``: per-layer clipping (0 disables); ``eval_batches``: the first N batches, on which the
+    losses before and after are measured (they are trained on too, as the stream cycles); ``seed``: LoRA init
+    and the order of a text source's batches; ``batch_size``, ``max_length``: texts per batch and tokens per text
+    where the batches are cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches
+    handed over ready (a GLUE run's) are used as they are.
+
+    Every default of attention transfer is here (``hf_lln.recipes.glue.teacher.DEFAULTS`` adds the fine-tuned
+    conversion's own).
+    """
+
+    steps: int = 300
+    end_to_end_steps: int = 0
+    learning_rate: float = 1e-3
+    train: str = "qk"
+    lora_rank: int = 8
+    loss: str = "auto"
+    max_grad_norm: float = 1.0
+    eval_batches: int = 4
+    seed: int = 0
+    batch_size: int = 16
+    max_length: int = 128
+
+    def __post_init__(self):
+        for name in (
+            "steps",
+            "end_to_end_steps",
+            "eval_batches",
+            "lora_rank",
+            "seed",
+            "batch_size",
+            "max_length",
+        ):
+            value = getattr(self, name)
+            minimum = 0 if name in ("steps", "end_to_end_steps", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.steps + self.end_to_end_steps == 0:
+            raise ValueError("steps and end_to_end_steps are both 0: there is nothing to train")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) or (
+            self.learning_rate <= 0
+        ):
+            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
+        if not isinstance(self.max_grad_norm, (int, float)) or self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be a number >= 0, got {self.max_grad_norm!r}")
+        if self.train not in TRAIN_MODES:
+            raise ValueError(f"train must be one of {', '.join(map(repr, TRAIN_MODES))}; got {self.train!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}; got {self.loss!r}")
+
+
+@dataclass
+class TransferReport:
+    """What ``transfer_attention`` did. ``layer_before/after[i]``: layer ``i``'s loss on the evaluation batches;
+    ``hidden_before/after``: relative squared error of the final hidden states; ``cosine_before/after``: mean
+    cosine of the mean-pooled final hidden states to the teacher's."""
+
+    settings: TransferSettings
+    layer_before: list[float]
+    layer_after: list[float]
+    hidden_before: float
+    hidden_after: float
+    cosine_before: float
+    cosine_after: float
+    source: str = ""
+
+    def table(self) -> str:
+        """Markdown: one row per layer and one for the final hidden states, loss before and after."""
+        loss = {"output": "attention output error", "weights": "attention KL", "both": "output error + KL"}
+        rows = [f"| layer | {loss[self.settings.loss]} before | after |", "|---|---:|---:|"]
+        rows += [
+            f"| {index} | {before:.4f} | {after:.4f} |"
+            for index, (before, after) in enumerate(zip(self.layer_before, self.layer_after, strict=True))
+        ]
+        rows.append(f"| final hidden states, error | {self.hidden_before:.4f} | {self.hidden_after:.4f} |")
+        rows.append(f"| pooled embedding cosine | {self.cosine_before:.4f} | {self.cosine_after:.4f} |")
+        return "\n".join(rows)
+
+    def summary(self) -> str:
+        """A paragraph and the table, for a model card."""
+        s = self.settings
+        stages = f"{s.steps} layer-by-layer steps (loss: {s.loss})"
+        if s.end_to_end_steps:
+            stages += f" and {s.end_to_end_steps} end-to-end steps on the final hidden states"
+        trained = f"{s.train}" + (f" (rank {s.lora_rank})" if s.train == "lora" else "")
+        return (
+            f"Attention transferred from the softmax model: {stages}, training the attention parameters "
+            f"`{trained}` with learning rate {s.learning_rate:g}, on {self.source or 'the given batches'}. "
+            f"Measured on the first {s.eval_batches} batches, before and after:\n\n{self.table()}"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "settings": asdict(self.settings)}
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The encoder layers of a BERT/RoBERTa model, bare or with a head."""
+    return model.base_model.encoder.layer
+
+
+def check_models(teacher: torch.nn.Module, student: torch.nn.Module, loss: str = "auto") -> str:
+    """``ValueError`` naming what is wrong unless ``teacher`` runs softmax attention, ``student`` an hf_lln
+    variant, both are BERT/RoBERTa with the same encoder shape, and the student supports ``loss``; returns the
+    layer loss to use (``hf_lln.transfer.matching.resolve_loss``)."""
+    for name, model in (("teacher", teacher), ("student", student)):
+        if model.config.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"{name} must be a BERT or RoBERTa model (model_type one of {', '.join(MODEL_TYPES)}), got "
+                f"{model.config.model_type!r}"
+            )
+    teacher_attention_name = teacher.config._attn_implementation
+    if teacher_attention_name not in SOFTMAX_IMPLEMENTATIONS:
+        raise ValueError(
+            f"teacher must run softmax attention (attn_implementation one of {', '.join(SOFTMAX_IMPLEMENTATIONS)}), "
+            f"got {teacher_attention_name!r}"
+        )
+    student_attention_name = student.config._attn_implementation
+    if student_attention_name not in ATTENTION_VARIANTS:
+        raise ValueError(
+            f"student attn_implementation must be an hf_lln variant ({', '.join(ATTENTION_VARIANTS)}), got "
+            f"{student_attention_name!r}: transfer teaches a linear attention the teacher's softmax"
+        )
+    shape = ("num_hidden_layers", "hidden_size", "num_attention_heads")
+    if [getattr(teacher.config, n) for n in shape] != [getattr(student.config, n) for n in shape]:
+        raise ValueError(
+            "teacher and student must have the same encoder ("
+            + ", ".join(f"{n} {getattr(teacher.config, n)} vs {getattr(student.config, n)}" for n in shape)
+            + ")"
+        )
+    return resolve_loss(loss, student_attention_name, lln_settings(student.config)["lln_mix_mode"])
+
+
+def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if "attention_mask" not in batch:
+        raise ValueError(f"batches must hold attention_mask (batch, seq), got keys {sorted(batch)}")
+    return {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS}
+
+
+def _cycle(batches: Iterable) -> Iterable:
+    """``batches`` again and again (a shuffling DataLoader reshuffles on each pass)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("batches is empty: transfer needs at least one batch")
+
+
+class _Run:
+    """The models, the accelerator and the per-batch computations of one transfer."""
+
+    def __init__(self, teacher, student, settings: TransferSettings, accelerator: Accelerator):
+        self.teacher, self.student, self.settings, self.accelerator = teacher, student, settings, accelerator
+
+    def teacher_pass(self, inputs):
+        """The teacher's ``layers + 1`` hidden states ``(batch, seq, hidden)``, without gradient: the embeddings'
+        output (layer 0's input), then each layer's output (the next one's input; the last is the final state)."""
+        with torch.no_grad(), self.accelerator.autocast():
+            output = self.teacher.base_model(**inputs, output_hidden_states=True)
+        return output.hidden_states
+
+    def layer_losses(self, inputs, hidden_states) -> list[torch.Tensor]:
+        """One scalar loss per student layer, each layer fed the teacher's input ``hidden_states[i]``; ``inputs``
+        the batch's model inputs ``(batch, seq)``."""
+        mask = inputs["attention_mask"].bool()
+        losses = []
+        for index, (teacher_layer, student_layer) in enumerate(
+            zip(encoder_layers(self.teacher), encoder_layers(self.student), strict=True)
+        ):
+            hidden = hidden_states[index]
+            with self.accelerator.autocast():
+                with torch.no_grad():
+                    target = teacher_attention(teacher_layer, hidden, mask, self.settings.loss)
+                prediction = student_attention(student_layer, hidden, mask, self.settings.loss)
+            losses.append(layer_loss(self.settings.loss, prediction, target, mask))
+        return losses
+
+    def student_hidden(self, inputs) -> torch.Tensor:
+        """The student's final hidden state ``(batch, seq, hidden)`` on its own hidden states."""
+        with self.accelerator.autocast():
+            return self.student.base_model(**inputs).last_hidden_state
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> tuple[list[float], float, float]:
+        """Mean per-layer losses, final hidden-state error and pooled cosine over ``batches``."""
+        layers, hidden, cosine = None, 0.0, 0.0
+        for inputs in batches:
+            hidden_states = self.teacher_pass(inputs)
+            losses = torch.stack(self.layer_losses(inputs, hidden_states))
+            layers = losses if layers is None else layers + losses
+            student_last, mask = self.student_hidden(inputs), inputs["attention_mask"].bool()
+            hidden += hidden_loss(student_last, hidden_states[-1], mask).item()
+            cosine += pooled_cosine(student_last, hidden_states[-1], mask).item()
+        count = len(batches)
+        return (layers / count).tolist(), hidden / count, cosine / count
+
+    def optimise(self, params: list[list[torch.Tensor]], steps: int, stream, loss_fn, description: str):
+        """``steps`` AdamW steps of ``loss_fn(inputs) -> list of per-group losses`` (one group per entry of
+        ``params``, each clipped on its own); a tqdm bar shows each group's loss."""
+        optimizer = torch.optim.AdamW(
+            [{"params": group} for group in params], lr=self.settings.learning_rate, weight_decay=0.0
+        )
+        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
+        scaler = self.accelerator.scaler
+        bar = tqdm(range(steps), desc=description, disable=not self.accelerator.is_local_main_process)
+        for _ in bar:
+            losses = loss_fn(next(stream))
+            total = torch.stack(losses).sum()
+            (scaler.scale(total) if scaler is not None else total).backward()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if self.settings.max_grad_norm > 0:
+                for group in params:
+                    torch.nn.utils.clip_grad_norm_(group, self.settings.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix_str(" ".join(f"{i}:{loss.item():.4f}" for i, loss in enumerate(losses)))
+
+
+def transfer_attention(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    settings: TransferSettings | None = None,
+    *,
+    accelerator: Accelerator | None = None,
+    source: str = "",
+) -> TransferReport:
+    """Train ``student``'s attention to reproduce ``teacher``'s, in place; returns the ``TransferReport`` (also
+    printed as a table).
+
+    ``teacher``: a softmax BERT/RoBERTa (bare or with a head; only its encoder is used); ``student``: the same
+    architecture running an hf_lln variant, normally the teacher's weights. ``batches``: a re-iterable of
+    ``{input_ids, attention_mask[, token_type_ids]}: (batch, seq)`` (other keys, e.g. labels, are ignored), cycled
+    as long as needed; its first ``settings.eval_batches`` batches are the evaluation set. ``accelerator``:
+    device and precision (default: a new ``Accelerator()``); ``source``: a description of the text, for the
+    report. Padding (``attention_mask == 0``) is excluded from the attention and from every loss.
+    """
+    settings = settings or TransferSettings()
+    settings = replace(settings, loss=check_models(teacher, student, settings.loss))
+    accelerator = accelerator or Accelerator()
+    device = accelerator.device
+    stream = (_model_inputs(batch, device) for batch in _cycle(batches))
+    held = list(itertools.islice(stream, settings.eval_batches))
+    teacher_was_training, student_was_training = teacher.training, student.training
+    # Dropout off in both: the student fits a deterministic function of the teacher (frozen for good).
+    teacher.to(device).eval().requires_grad_(False)
+    student.to(device).eval()
+    run = _Run(teacher, student, settings, accelerator)
+    layers = list(encoder_layers(student))
+    torch.manual_seed(settings.seed)
+    try:
+        before = run.evaluate(held)
+        with attention_parameters(layers, settings.train, settings.lora_rank) as params:
+            if settings.steps:
+                run.optimise(
+                    params,
+                    settings.steps,
+                    stream,
+                    lambda inputs: run.layer_losses(inputs, run.teacher_pass(inputs)),
+                    "attention transfer (loss per layer)",
+                )
+            if settings.end_to_end_steps:
+
+                def end_to_end(inputs):
+                    target = run.teacher_pass(inputs)[-1]
+                    mask = inputs["attention_mask"].bool()
+                    return [hidden_loss(run.student_hidden(inputs), target, mask)]
+
+                run.optimise(
+                    [[p for group in params for p in group]],
+                    settings.end_to_end_steps,
+                    stream,
+                    end_to_end,
+                    "end-to-end transfer (final hidden states)",
+                )
+        after = run.evaluate(held)
+    finally:
+        teacher.train(teacher_was_training)
+        student.train(student_was_training)
+    report = TransferReport(settings, before[0], after[0], before[1], after[1], before[2], after[2], source)
+    if accelerator.is_local_main_process:
+        print(report.table())
+    return report

@@ -1,0 +1,176 @@
+"""One attention layer of a teacher (softmax) and of a student (an hf_lln variant) on the same hidden states, and
+the losses that compare them.
+
+A BERT/RoBERTa attention block is ``LayerNorm(h + dense(attention(q(h), k(h), v(h))))``. What is matched is the
+output of ``dense`` (the "o" projection), before the residual and the LayerNorm: the residual is the same for
+both models and would only dilute the difference. Students run their real attention function (the one the model
+uses at inference, fused kernels included); their attention matrix, needed by the weight loss only, is computed
+densely in O(seq²), which is fine for the short sequences transfer trains on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hf_lln.integration.attention import ATTENTION_FUNCTIONS
+from hf_lln.models.configuration_lln import lln_settings
+from hf_lln.ops.lln import lln_scales
+from hf_lln.ops.reference import block_diag_matrix
+from hf_lln.variants import VARIANTS, get_variant
+
+LOSSES = ("auto", "weights", "output", "both")
+# Smallest probability the weight loss takes the log of: LLN rows are sums of exponentials that can underflow.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def split_heads(self_attention: torch.nn.Module, hidden: torch.Tensor):
+    """``hidden: (batch, seq, hidden)`` -> ``q, k, v: (batch, heads, seq, head_dim)`` of a ``BertSelfAttention`` or
+    ``RobertaSelfAttention``."""
+    shape = (*hidden.shape[:-1], -1, self_attention.attention_head_size)
+    return tuple(
+        projection(hidden).view(shape).transpose(1, 2)
+        for projection in (self_attention.query, self_attention.key, self_attention.value)
+    )
+
+
+def _merge_heads(context: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq, heads, head_dim)`` -> ``(batch, seq, heads·head_dim)``."""
+    return context.reshape(*context.shape[:2], -1)
+
+
+def softmax_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax attention ``(batch, heads, seq, seq)`` in float32 over the real keys of ``mask: (batch, seq)``."""
+    logits = scale * q.float() @ k.float().transpose(-1, -2)
+    return torch.softmax(logits.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
+
+
+def teacher_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str):
+    """What ``loss`` compares of a softmax teacher layer, ``(output, probs)``: its attention output
+    ``(batch, seq, hidden)`` and attention probabilities ``(batch, heads, seq, seq)``, float32, each None when
+    ``loss`` does not use it. ``hidden: (batch, seq, hidden)`` the layer's input; ``mask: (batch, seq)`` bool."""
+    self_attention = layer.attention.self
+    q, k, v = split_heads(self_attention, hidden)
+    probs = softmax_probs(q, k, mask, self_attention.scaling)
+    output = None
+    if loss in ("output", "both"):
+        context = (probs @ v.float()).transpose(1, 2)
+        output = layer.attention.output.dense(_merge_heads(context).to(hidden.dtype)).float()
+    return output, probs if loss in ("weights", "both") else None
+
+
+def student_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str):
+    """What ``loss`` compares of a student layer, ``(output, log_probs)``: its attention output ``(batch, seq,
+    hidden)`` through its own attention function and the log of its attention matrix ``(batch, heads, seq,
+    seq)``, float32, each None when ``loss`` does not use it."""
+    self_attention = layer.attention.self
+    q, k, v = split_heads(self_attention, hidden)
+    output = log_probs = None
+    if loss in ("output", "both"):
+        attention = ATTENTION_FUNCTIONS[self_attention.config._attn_implementation]
+        context, _ = attention(self_attention, q, k, v, mask, scaling=self_attention.scaling, dropout=0.0)
+        output = layer.attention.output.dense(_merge_heads(context)).float()
+    if loss in ("weights", "both"):
+        log_probs = student_log_probs(self_attention, q, k, mask)
+    return output, log_probs
+
+
+def resolve_loss(loss: str, variant: str, mix: str) -> str:
+    """The layer loss to use for a student running ``variant`` (LLN+Diag ``mix`` mode): ``loss`` itself, or for
+    ``"auto"`` the attention-weight KL where the variant has one attention distribution per query row and the
+    output error where it has not (cheap linear attention: signed, unnormalised; a learnable LLN+Diag mix: one
+    matrix per channel). ``ValueError`` for an explicit weight loss such a variant cannot take."""
+    row_stochastic = get_variant(variant).row_stochastic
+    single_distribution = row_stochastic and not (variant == "lln_diag" and mix != "average")
+    if loss == "auto":
+        return "weights" if single_distribution else "output"
+    if loss in ("weights", "both") and not single_distribution:
+        why = (
+            f"lln_mix_mode={mix!r} mixes LLN and the diagonal blocks per channel"
+            if row_stochastic
+            else f"{variant!r} has none (its weights are signed and rows do not sum to one)"
+        )
+        raise ValueError(
+            f"loss={loss!r} compares attention distributions, one per query row; {why}: use loss='output' or 'auto'"
+        )
+    return loss
+
+
+def lln_log_probs(q, k, mask, *, scale, stats) -> torch.Tensor:
+    """``log P`` of LLN, ``P_ij ∝ Σ_c exp(alpha q_ic) exp(beta k_jc)``, as a product of stabilised feature matrices
+    (``hf_lln.ops.reference.lln_matrix`` states the same formula with an O(seq²·head_dim) logsumexp)."""
+    alpha, beta = lln_scales(q, k, mask, scale=scale, stats=stats)
+    log_q, log_k = alpha * q, (beta * k).masked_fill(~mask[:, None, :, None], float("-inf"))
+    # Per-channel key maxima and per-row query maxima: constants of a row, so they cancel in the normalisation.
+    key_max = log_k.amax(dim=2, keepdim=True).detach().clamp_min(torch.finfo(q.dtype).min)
+    log_q = log_q + key_max
+    query_max = log_q.amax(dim=-1, keepdim=True).detach()
+    weights = torch.exp(log_q - query_max) @ torch.exp(log_k - key_max).transpose(-1, -2)
+    return torch.log((weights / weights.sum(dim=-1, keepdim=True)).clamp_min(_TINY))
+
+
+def student_log_probs(self_attention, q, k, mask) -> torch.Tensor:
+    """``log`` of the student's attention matrix ``(batch, heads, seq, seq)`` in float32, differentiable w.r.t.
+    ``q, k: (batch, heads, seq, head_dim)``; masked keys get ``log(tiny)``, not ``-inf``. The matrix is the
+    variant's (``hf_lln.variants``: its ``matrix`` with the options the attention function derives from the
+    config, per-layer ones included), LLN's in the product form of ``lln_log_probs``."""
+    row = VARIANTS[self_attention.config._attn_implementation]
+    layer_index = getattr(self_attention, "layer_idx", None) or 0
+    options = row.options(lln_settings(self_attention.config), q.shape[-1], layer_index)
+    scale = {"scale": self_attention.scaling} if row.takes_scale else {}
+    q, k = q.float(), k.float()
+    with torch.autocast(q.device.type, enabled=False):
+        if row.name == "lln":
+            return lln_log_probs(q, k, mask, **scale, stats=options["stats"])
+        if row.name == "lln_diag":  # the "average" mix; resolve_loss refuses the learnable ones
+            lln = lln_log_probs(q, k, mask, **scale, stats=options["stats"]).exp()
+            diag = block_diag_matrix(q, k, mask, block_size=options["block_size"], **scale)
+            return torch.log((0.5 * (lln + diag)).clamp_min(_TINY))
+        probs = row.matrix(q, k, mask, **scale, **row.matrix_options(options))
+    return torch.log(probs.clamp_min(_TINY))
+
+
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Relative squared error ``Σ|s - t|² / Σ|t|²`` over the real tokens of ``student, teacher: (batch, seq, dim)``:
+    0 for a perfect match, 1 for an output of zeros, comparable across layers and models."""
+    weight = mask[..., None].to(teacher.dtype)
+    return ((student - teacher) ** 2 * weight).sum() / ((teacher**2) * weight).sum().clamp_min(_TINY)
+
+
+def weights_loss(
+    student_log_probs: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher ‖ student) of the attention rows, averaged over heads and real queries: Hedgehog's cross-entropy
+    minus the teacher's entropy, so that a perfect match scores 0. Both ``(batch, heads, seq, seq)``."""
+    keys = mask[:, None, None, :]
+    kl = torch.where(
+        keys,
+        torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs,
+        torch.zeros((), device=teacher_probs.device),
+    ).sum(dim=-1)
+    rows = mask[:, None, :].expand_as(kl)
+    return kl[rows].mean()
+
+
+def layer_loss(loss: str, student, teacher, mask) -> torch.Tensor:
+    """The ``loss`` (one of ``LOSSES``) between ``student`` and ``teacher``, each ``(output, probs)`` as returned by
+    ``student_attention`` / ``teacher_attention``; "both" is the sum."""
+    total = torch.zeros((), device=mask.device)
+    if loss in ("output", "both"):
+        total = total + output_loss(student[0], teacher[0], mask)
+    if loss in ("weights", "both"):
+        total = total + weights_loss(student[1], teacher[1], mask)
+    return total
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``output_loss`` of final hidden states ``(batch, seq, hidden)`` (the end-to-end stage's loss), in float32."""
+    return output_loss(student.float(), teacher.float(), mask)
+
+
+def pooled_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over sentences of the cosine between mean-pooled hidden states ``(batch, seq, hidden)``: the
+    embedding measure of ``hf_lln.experiments.embedding_similarity``."""
+    weight = mask[..., None].float()
+    pool = [(x.float() * weight).sum(1) / weight.sum(1) for x in (student, teacher)]
+    return F.cosine_similarity(*pool, dim=-1).mean()

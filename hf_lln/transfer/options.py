@@ -1,0 +1,151 @@
+"""Attention transfer inside ``hf-lln convert``: the ``--transfer*`` flags and the step that trains the converted
+model against the softmax checkpoint it came from.
+
+    hf-lln convert path/to/bert out/lln-bert --variant lln --transfer wiki.txt --transfer_steps 600
+
+Every default is ``TransferSettings``'s; the flags only override the fields they name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModel
+
+from hf_lln.models.configuration_lln import is_lln_config
+from hf_lln.transfer.loop import TransferReport, TransferSettings, transfer_attention
+from hf_lln.transfer.matching import LOSSES
+from hf_lln.transfer.params import TRAIN_MODES
+from hf_lln.transfer.texts import TextSource, load_texts, text_batches
+
+DEFAULTS = TransferSettings()
+# accelerate's choices that train in float32 master weights with float32 losses (fp8 is not one of them)
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+# flag (without "--") -> (TransferSettings field, type or choices, help)
+SETTING_FLAGS = {
+    "transfer_steps": ("steps", int, "layer-by-layer steps"),
+    "transfer_end_to_end_steps": ("end_to_end_steps", int, "then steps on the final hidden states"),
+    "transfer_lr": ("learning_rate", float, "peak learning rate"),
+    "transfer_batch_size": ("batch_size", int, "texts per batch"),
+    "transfer_max_length": ("max_length", int, "tokens per text"),
+    "transfer_train": ("train", TRAIN_MODES, "attention parameters to train"),
+    "transfer_lora_rank": ("lora_rank", int, "rank of --transfer_train lora"),
+    "transfer_loss": ("loss", LOSSES, "layer loss"),
+    "transfer_seed": ("seed", int, "text order and LoRA init"),
+}
+
+
+@dataclass(frozen=True)
+class TextTransfer:
+    """Attention transfer of a conversion: ``text`` (a file, a folder of .txt files, a Hub dataset id, or None for
+    the bundled corpus; see ``load_texts``), ``settings`` for the training (and how the text is cut into
+    batches), ``mixed_precision`` for accelerate (None: its configured default)."""
+
+    text: str | None = None
+    settings: TransferSettings = field(default_factory=TransferSettings)
+    mixed_precision: str | None = None
+
+    def __post_init__(self):
+        if self.mixed_precision not in (None, *MIXED_PRECISION_CHOICES):
+            raise ValueError(
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)} or None, got "
+                f"{self.mixed_precision!r}"
+            )
+
+
+def prepare_transfer(transfer: TextTransfer | None, src, config, tokenizer) -> TextSource | None:
+    """The texts of ``transfer`` (None without one), read before any model is loaded so that a bad source, a
+    checkpoint that is not a softmax one (``config``, its config) or one without a tokenizer fails first."""
+    if transfer is None:
+        return None
+    if is_lln_config(config):
+        raise ValueError(
+            f"--transfer teaches the new attention the checkpoint's softmax attention, and {src} is already an LLN "
+            f"checkpoint (model_type {config.model_type!r}); convert the softmax checkpoint it came from"
+        )
+    if tokenizer is None:
+        raise ValueError(f"--transfer needs a tokenizer to read its text, and {src} has none")
+    return load_texts(transfer.text)
+
+
+def transfer_converted(
+    src, student: torch.nn.Module, tokenizer, transfer: TextTransfer, texts: TextSource
+) -> TransferReport:
+    """Train ``student`` (``src`` converted) to reproduce ``src`` run with softmax attention, on ``texts``."""
+    teacher = AutoModel.from_pretrained(src, attn_implementation="sdpa", dtype=torch.float32)
+    settings = transfer.settings
+    batches = text_batches(
+        texts.texts,
+        tokenizer,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        seed=settings.seed,
+    )
+    return transfer_attention(
+        teacher,
+        student,
+        batches,
+        settings,
+        accelerator=Accelerator(mixed_precision=transfer.mixed_precision),
+        source=(
+            f"{texts.description} in batches of {settings.batch_size} texts of at most "
+            f"{settings.max_length} tokens"
+        ),
+    )
+
+
+def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "attention transfer",
+        "Train the converted attention to reproduce the softmax checkpoint's (--transfer).",
+    )
+    group.add_argument(
+        "--transfer",
+        nargs="?",
+        const="",
+        metavar="TEXT",
+        help="transfer on TEXT: a text file, a folder of .txt files or a Hub dataset id NAME[:CONFIG]; "
+        "without TEXT, the bundled corpus",
+    )
+    add_flags(
+        group,
+        {flag: (kind, text) for flag, (_, kind, text) in SETTING_FLAGS.items()},
+        {flag: getattr(DEFAULTS, name) for flag, (name, _, _) in SETTING_FLAGS.items()},
+    )
+    group.add_argument(
+        "--mixed_precision", choices=MIXED_PRECISION_CHOICES, help="default: accelerate's config"
+    )
+
+
+def add_flags(group, flags: dict[str, tuple], defaults: dict[str, object]) -> None:
+    """One flag ``--NAME`` per entry ``NAME: (type or tuple of choices, help)`` of ``flags``, left None when not
+    given (so that a run can tell what was asked for); its help ends with ``defaults[NAME]``, the value used then."""
+    for flag, (kind, text) in flags.items():
+        typed = (
+            {"choices": kind} if isinstance(kind, tuple) else {"type": kind, "metavar": kind.__name__.upper()}
+        )
+        default = defaults[flag]
+        shown = f"{default:g}" if isinstance(default, float) else default
+        group.add_argument(f"--{flag}", **typed, help=f"{text} (default {shown})")
+
+
+def transfer_options(args: argparse.Namespace) -> TextTransfer | None:
+    """The ``TextTransfer`` the flags ask for (None without ``--transfer``); ``ValueError`` naming the flag for
+    a transfer flag given without ``--transfer`` or a bad value."""
+    given = {flag: getattr(args, flag) for flag in SETTING_FLAGS if getattr(args, flag) is not None}
+    if args.mixed_precision is not None:
+        given["mixed_precision"] = args.mixed_precision
+    if args.transfer is None:
+        if given:
+            raise ValueError(f"{', '.join('--' + flag for flag in given)} only apply with --transfer [TEXT]")
+        return None
+    values = {SETTING_FLAGS[flag][0]: value for flag, value in given.items() if flag in SETTING_FLAGS}
+    try:
+        settings = TransferSettings(**values)
+    except ValueError as error:  # its message starts with the field; name the flag too
+        flag = next((f for f, (name, _, _) in SETTING_FLAGS.items() if name == str(error).split()[0]), None)
+        raise ValueError(f"--{flag}: {error}" if flag else str(error)) from None
+    return TextTransfer(text=args.transfer or None, settings=settings, mixed_precision=args.mixed_precision)

@@ -1,0 +1,414 @@
+"""Attention transfer (``hf_lln.transfer``) and ``hf-lln convert --transfer`` on tiny random BERT/RoBERTa models."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import transformers
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import StrictDataclassError
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    DistilBertConfig,
+    DistilBertModel,
+    RobertaConfig,
+)
+
+import hf_lln
+from hf_lln.cli import main
+from hf_lln.convert import convert_checkpoint
+from hf_lln.integration.attention import ATTENTION_FUNCTIONS
+from hf_lln.models import AUTO_MODEL_CLASSES
+from hf_lln.ops import reference
+from hf_lln.transfer import (
+    TransferSettings,
+    attention_parameters,
+    encoder_layers,
+    load_texts,
+    text_batches,
+    transfer_attention,
+)
+from hf_lln.transfer.matching import lln_log_probs, split_heads, student_log_probs
+from hf_lln.transfer.options import TextTransfer
+from tests._tiny import TINY
+from tests.test_hub import assert_remote_loads
+
+FIXTURE_SENTENCES = [
+    "it 's a charming and often affecting journey .",
+    "unflinchingly bleak and desperate",
+    "allows us to hope that nolan is poised to embark a major career as a commercial yet inventive filmmaker .",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+    "austere locales .",
+    "it 's slow -- very , very slow .",
+    "although laced with humor and a few fanciful touches , the film is a refreshingly serious look at young "
+    "women .",
+    "a sometimes tedious film .",
+    "or doing last year 's taxes with your ex-wife .",
+]
+
+
+def sharpen(model):
+    """Query and key weights of std 0.3: the 0.02-std initialisation gives nearly uniform attention rows (for
+    softmax and LLN alike), where the variants differ from softmax far less than in a trained model."""
+    with torch.no_grad():
+        for layer in encoder_layers(model):
+            for linear in (layer.attention.self.query, layer.attention.self.key):
+                linear.weight.normal_(0, 0.3)
+    return model
+
+
+def tiny_pair(variant: str, family: str = "bert", **settings):
+    """A random softmax teacher and the student with its weights running ``variant``."""
+    classes = AUTO_MODEL_CLASSES[f"lln_{family}"]
+    extra = {"pad_token_id": 1} if family == "roberta" else {}
+    torch.manual_seed(0)
+    student = sharpen(
+        classes["AutoModel"](classes["AutoConfig"](**TINY, **extra, lln_variant=variant, **settings))
+    )
+    teacher = (transformers.RobertaModel if family == "roberta" else BertModel)(
+        (RobertaConfig if family == "roberta" else BertConfig)(**TINY, **extra, attn_implementation="sdpa")
+    )
+    teacher.load_state_dict(student.state_dict(), strict=False)
+    return teacher, student
+
+
+def random_batches(count=6, batch=4, seq=12, seed=0, extra_padding=0):
+    """``count`` batches of random ids with a few rows ending in padding; ``extra_padding`` more pad columns."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(5, TINY["vocab_size"], (batch, seq), generator=generator)
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        mask[1, seq - 4 :] = 0
+        mask[3, seq // 2 :] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+        if extra_padding:
+            ids = torch.cat([ids, torch.zeros(batch, extra_padding, dtype=torch.long)], 1)
+            mask = torch.cat([mask, torch.zeros(batch, extra_padding, dtype=torch.long)], 1)
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+SETTINGS = dict(steps=40, learning_rate=1e-2, eval_batches=2)
+STEPS_ON_MINILM = 30
+
+
+@pytest.mark.parametrize(
+    ("variant", "family", "train", "loss"),
+    [
+        ("lln", "bert", "qk", "output"),
+        ("lln", "roberta", "qkvo", "weights"),
+        ("lln_diag", "bert", "lora", "both"),
+        ("cheap_linear", "bert", "qk", "output"),
+        ("performer", "roberta", "qk", "weights"),
+        ("cosformer", "bert", "qkvo", "output"),
+        ("linear_elu", "bert", "qk", "weights"),
+    ],
+)
+def test_transfer_lowers_the_matching_loss(variant, family, train, loss):
+    teacher, student = tiny_pair(variant, family)
+    settings = TransferSettings(**SETTINGS, train=train, loss=loss)
+    report = transfer_attention(teacher, student, random_batches(), settings)
+    before, after = sum(report.layer_before), sum(report.layer_after)
+    assert after < 0.7 * before, report.table()
+    assert all(param.requires_grad for param in student.parameters())
+    assert not any(param.requires_grad for param in teacher.parameters())
+
+
+def test_end_to_end_stage_lowers_the_final_hidden_state_error():
+    teacher, student = tiny_pair("lln")
+    settings = TransferSettings(
+        steps=0, end_to_end_steps=40, learning_rate=1e-2, train="qkvo", eval_batches=2
+    )
+    report = transfer_attention(teacher, student, random_batches(), settings)
+    assert report.hidden_after < 0.7 * report.hidden_before, report.table()
+    assert report.cosine_after > report.cosine_before
+
+
+def test_learnable_mix_weights_train_with_the_output_loss():
+    teacher, student = tiny_pair("lln_diag", lln_mix_mode="learnable_scale")
+    mix = [p.detach().clone() for n, p in student.named_parameters() if ".lln_mix." in n]
+    report = transfer_attention(teacher, student, random_batches(), TransferSettings(**SETTINGS))
+    assert report.settings.loss == "output"  # what "auto" gives a per-channel mix
+    assert sum(report.layer_after) < 0.7 * sum(report.layer_before)
+    trained = [p for n, p in student.named_parameters() if ".lln_mix." in n]
+    assert all(not torch.equal(a, b) for a, b in zip(mix, trained, strict=True))
+
+
+def test_dense_matrices_of_the_weight_loss_are_the_ops_that_run():
+    """``student_log_probs(...).exp() @ v`` equals the attention function for every variant with a distribution,
+    and the LLN product form equals the reference's logsumexp."""
+    hidden = torch.randn(2, 9, TINY["hidden_size"], generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    for variant in ("lln", "lln_diag", "performer", "linear_elu", "cosformer"):
+        _, student = tiny_pair(variant)
+        self_attention = student.encoder.layer[1].attention.self
+        q, k, v = split_heads(self_attention, hidden)
+        expected, _ = ATTENTION_FUNCTIONS[variant](
+            self_attention, q, k, v, mask, scaling=self_attention.scaling
+        )
+        dense = (student_log_probs(self_attention, q, k, mask).exp() @ v).transpose(1, 2)
+        torch.testing.assert_close(dense[mask], expected[mask], rtol=1e-5, atol=1e-6, msg=variant)
+    q, k = torch.randn(2, 2, 9, 16, dtype=torch.float64), torch.randn(2, 2, 9, 16, dtype=torch.float64)
+    visible = mask[:, None, :, None] & mask[:, None, None, :]
+    ours = lln_log_probs(q, k, mask, scale=0.25, stats="per_sequence").exp()
+    torch.testing.assert_close(
+        ours[visible.expand_as(ours)], reference.lln_matrix(q, k, mask, scale=0.25)[visible.expand_as(ours)]
+    )
+
+
+@pytest.mark.parametrize(("variant", "train"), [("lln", "qk"), ("lln_diag", "lora")])
+def test_padding_changes_nothing_for_the_real_tokens(variant, train):
+    """The same sequences with 5 more pad columns give the same transfer, to float rounding."""
+    settings = TransferSettings(**SETTINGS, train=train, loss="both", end_to_end_steps=5)
+    results = []
+    for extra in (0, 5):
+        teacher, student = tiny_pair(variant)
+        report = transfer_attention(teacher, student, random_batches(extra_padding=extra), settings)
+        results.append((report, student.state_dict()))
+    (first, weights), (second, padded_weights) = results
+    assert first.layer_before == pytest.approx(second.layer_before, rel=1e-5)
+    assert first.layer_after == pytest.approx(second.layer_after, rel=1e-3)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(padded_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("train", ["lora", "temperature"])
+def test_extra_parameters_fold_into_the_weights(train):
+    """After the block, the model has its own modules and weight names, and computes what it computed inside."""
+    _, student = tiny_pair("lln")
+    names = set(student.state_dict())
+    inputs = random_batches(count=1)[0]
+    with attention_parameters(list(encoder_layers(student)), train) as params:
+        with torch.no_grad():
+            for group in params:
+                for param in group:
+                    param.add_(0.1 * torch.randn_like(param))
+            inside = student(**inputs).last_hidden_state
+    assert set(student.state_dict()) == names
+    assert not any(hasattr(module, "parametrizations") for module in student.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(student(**inputs).last_hidden_state, inside)
+
+
+def test_transferred_models_save_and_reload_the_same_also_as_remote_code_without_hf_lln(tmp_path):
+    """A transferred BERT (LoRA folded in) and RoBERTa classifier reload with identical outputs, through hf_lln and
+    as remote code in a process that cannot import hf_lln."""
+    cases = {}
+    for variant, family, train in (("lln_diag", "bert", "lora"), ("lln", "roberta", "temperature")):
+        teacher, student = tiny_pair(variant, family)
+        classifier = AUTO_MODEL_CLASSES[f"lln_{family}"]["AutoModelForSequenceClassification"](student.config)
+        classifier.base_model.load_state_dict(teacher.state_dict(), strict=False)
+        transfer_attention(teacher, classifier, random_batches(), TransferSettings(**SETTINGS, train=train))
+        classifier.eval()
+        inputs = random_batches(count=1, seed=3)[0]
+        with torch.no_grad():
+            expected = classifier(**inputs).logits
+        folder = tmp_path / family
+        classifier.save_pretrained(folder)
+        again = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        assert type(again) is type(classifier) and again.config._attn_implementation == variant
+        with torch.no_grad():
+            assert torch.equal(again(**inputs).logits, expected)
+        cases[str(folder)] = ("AutoModelForSequenceClassification", inputs, expected)
+    assert len(cases) == 2
+    assert_remote_loads(cases, tmp_path)
+
+
+def tiny_checkpoint(folder):
+    """A tiny softmax BERT with a word-level tokenizer whose vocabulary covers ``FIXTURE_SENTENCES``."""
+    words = sorted({word for sentence in FIXTURE_SENTENCES for word in sentence.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    sharpen(BertModel(BertConfig(**{**TINY, "vocab_size": len(vocab)}))).save_pretrained(folder)
+    return folder
+
+
+def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
+    src = tiny_checkpoint(tmp_path / "bert")
+    text = tmp_path / "texts.txt"
+    text.write_text("\n\n".join(FIXTURE_SENTENCES * 3))
+    flags = "--transfer_steps 30 --transfer_lr 1e-2 --transfer_batch_size 4 --transfer_max_length 16"
+    assert (
+        main(
+            [
+                "convert",
+                str(src),
+                str(tmp_path / "lln"),
+                "--variant",
+                "lln",
+                "--transfer",
+                str(text),
+                *flags.split(),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| layer | attention KL before | after |" in out and "wrote LLNBertModel" in out
+    card = ModelCard.load(tmp_path / "lln" / "README.md").text
+    assert (
+        "30 layer-by-layer steps (loss: weights)" in card and "`qk`" in card and "the file texts.txt" in card
+    )
+    assert "in batches of 4 texts of at most 16 tokens" in card and "| final hidden states, error |" in card
+    assert "Then its attention parameters were trained" in card
+    transferred = transformers.AutoModel.from_pretrained(tmp_path / "lln").eval()
+    assert type(transferred) is hf_lln.LLNBertModel
+    untransferred = transformers.AutoModel.from_pretrained(src, attn_implementation="lln").eval()
+    teacher = BertModel.from_pretrained(src, attn_implementation="sdpa").eval()
+    inputs = transformers.AutoTokenizer.from_pretrained(src)(
+        FIXTURE_SENTENCES, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        target = teacher(**inputs).last_hidden_state
+        errors = [
+            (model(**inputs).last_hidden_state - target).pow(2).sum()
+            for model in (transferred, untransferred)
+        ]
+    assert errors[0] < 0.8 * errors[1]
+
+
+def test_convert_without_text_uses_the_bundled_corpus(tmp_path):
+    src = tiny_checkpoint(tmp_path / "bert")
+    transfer = TextTransfer(settings=TransferSettings(steps=2, eval_batches=1, batch_size=2, max_length=8))
+    report = convert_checkpoint(src, tmp_path / "lln", variant="lln_diag", transfer=transfer)
+    assert report.transfer.source.startswith("the bundled corpus")
+    assert "bundled corpus" in (tmp_path / "lln" / "README.md").read_text()
+
+
+def test_text_sources(tmp_path):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "b.txt").write_text("second book\n")
+    (tmp_path / "books" / "a.txt").write_text("first line\n\n  \nsecond line\n")
+    (tmp_path / "books" / "notes.md").write_text("not text\n")
+    source = load_texts(tmp_path / "books")
+    assert source.texts == ["first line", "second line", "second book"]
+    assert load_texts(tmp_path / "books" / "b.txt").texts == ["second book"]
+    assert len(load_texts().texts) > 1000
+
+
+def test_hub_dataset_text_source(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        if name != "someone/books":
+            raise FileNotFoundError(f"{name} is not on the Hub")
+        return datasets.Dataset.from_dict({"id": [1, 2, 3], "text": ["a line", "  ", "another line"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    source = load_texts("someone/books:plain")
+    assert source.texts == ["a line", "another line"] and calls == [("someone/books", "plain", "train")]
+    assert source.description == "the Hub dataset someone/books:plain (train split)"
+    with pytest.raises(ValueError, match="neither an existing file or folder nor a loadable Hub dataset"):
+        load_texts("someone/missing")
+
+
+def _bad_sources(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n   \n")
+    (tmp_path / "no_text").mkdir()
+    return [
+        (tmp_path / "empty.txt", ValueError, "holds no text"),
+        (tmp_path / "missing.txt", FileNotFoundError, "does not exist"),
+        (tmp_path / "no_text", ValueError, "folder without .txt files"),
+    ]
+
+
+def convert_command(capsys, *argv) -> tuple[int, str]:
+    """``hf-lln convert ARGV``: exit status and stderr."""
+    capsys.readouterr()
+    status = main(["convert", *map(str, argv)])
+    return status, capsys.readouterr().err
+
+
+def test_empty_or_missing_text_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
+    src = tiny_checkpoint(tmp_path / "bert")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the text was checked")
+
+    monkeypatch.setattr(hf_lln.LLNBertModel, "from_pretrained", no_loading)
+    for path, error, match in _bad_sources(tmp_path):
+        with pytest.raises(error, match=match):
+            convert_checkpoint(src, tmp_path / "dst", variant="lln", transfer=TextTransfer(text=str(path)))
+        status, err = convert_command(capsys, src, tmp_path / "dst", "--variant", "lln", "--transfer", path)
+        assert status == 2 and err.startswith("hf-lln convert: error: text source") and match in err, err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_bad_models_and_settings_are_refused(tmp_path):
+    teacher, student = tiny_pair("lln")
+    batches = random_batches(count=1)
+    with pytest.raises(ValueError, match="student attn_implementation must be an hf_lln variant.*got 'sdpa'"):
+        transfer_attention(teacher, BertModel(BertConfig(**TINY, attn_implementation="sdpa")), batches)
+    with pytest.raises(ValueError, match="teacher must run softmax attention.*got 'lln'"):
+        transfer_attention(student, student, batches)
+    distil = DistilBertModel(DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
+    with pytest.raises(ValueError, match="teacher must be a BERT or RoBERTa model.*'distilbert'"):
+        transfer_attention(distil, student, batches)
+    _, cheap = tiny_pair("cheap_linear")
+    with pytest.raises(ValueError, match="'cheap_linear' has none"):
+        transfer_attention(teacher, cheap, batches, TransferSettings(loss="weights"))
+    assert transfer_attention(teacher, cheap, batches, TransferSettings(steps=1)).settings.loss == "output"
+    _, mixed = tiny_pair("lln_diag", lln_mix_mode="learnable_ratio")
+    with pytest.raises(ValueError, match="lln_mix_mode='learnable_ratio' mixes"):
+        transfer_attention(teacher, mixed, batches, TransferSettings(loss="both"))
+    for bad, match in [
+        (dict(train="all"), "train must be one of"),
+        (dict(loss="mse"), "loss must be one of"),
+        (dict(steps=0), "nothing to train"),
+        (dict(learning_rate=0), "learning_rate must be a number > 0"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TransferSettings(**bad)
+
+
+def test_bad_convert_commands_fail_with_a_usage_error_before_any_work(tmp_path, capsys):
+    src = tiny_checkpoint(tmp_path / "bert")
+    dst = tmp_path / "dst"
+    with pytest.raises(SystemExit) as exit_info:  # a softmax target is not a choice of --variant
+        main(["convert", str(src), str(dst), "--variant", "sdpa", "--transfer"])
+    assert exit_info.value.code == 2 and "invalid choice: 'sdpa'" in capsys.readouterr().err
+    with pytest.raises(StrictDataclassError, match="lln_variant must be one of hf_lln's attention variants"):
+        convert_checkpoint(src, dst, variant="sdpa", transfer=TextTransfer())
+    status, err = convert_command(capsys, src, dst, "--variant", "lln", "--transfer_steps", "5")
+    assert status == 2 and "error: --transfer_steps only apply with --transfer [TEXT]" in err
+    status, err = convert_command(capsys, src, dst, "--transfer", "--transfer_lr", "0")
+    assert status == 2 and "error: --transfer_lr: learning_rate must be a number > 0, got 0.0" in err
+    status, err = convert_command(capsys, src, dst, "--transfer", "--transfer_steps", "-1")
+    assert status == 2 and "error: --transfer_steps: steps must be an integer >= 0, got -1" in err
+    DistilBertModel(
+        DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    ).save_pretrained(tmp_path / "distilbert")
+    status, err = convert_command(capsys, tmp_path / "distilbert", dst, "--transfer")
+    assert status == 2 and "must be a BERT or RoBERTa config" in err and "'distilbert'" in err
+    convert_checkpoint(src, tmp_path / "lln", variant="lln")
+    status, err = convert_command(capsys, tmp_path / "lln", dst, "--transfer")
+    assert status == 2 and "is already an LLN checkpoint (model_type 'lln_bert')" in err
+    assert not dst.exists()
+
+
+def test_real_minilm_zero_shot_transfer(minilm_path):
+    """A short transfer on the bundled corpus brings LLN's pooled embeddings of SST-2-like sentences much closer
+    to softmax's: the plain conversion is below the threshold (0.50 mean cosine on SST-2 dev), the transferred
+    model above."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    teacher = transformers.AutoModel.from_pretrained(minilm_path, attn_implementation="sdpa")
+    student = transformers.AutoModel.from_pretrained(minilm_path, attn_implementation="lln")
+    evaluation = [tokenizer(FIXTURE_SENTENCES, padding=True, return_tensors="pt")]
+    batches = text_batches(load_texts().texts, tokenizer, batch_size=8, max_length=48)
+    settings = TransferSettings(steps=STEPS_ON_MINILM, eval_batches=1)
+    report = transfer_attention(
+        teacher, student, evaluation + list(itertools.islice(batches, STEPS_ON_MINILM)), settings
+    )
+    assert report.cosine_before < 0.7 < report.cosine_after, report.table()
