@@ -16,6 +16,12 @@ submission format under ``output_dir/submission``; and ``output_dir/glue_results
 table. Several GPUs: ``accelerate launch -m hf_lln.recipes.run_glue ...``. The same command is
 ``hf-lln-run-glue`` once the package is installed (``accelerate launch --no_python hf-lln-run-glue ...``) and
 ``scripts/run_glue.py`` in a checkout.
+
+Fine-tuned conversion: ``--teacher_model_name_or_path`` (a softmax checkpoint fine-tuned on the task, e.g. one this
+recipe wrote) with a linear ``--attn_implementation``: the student starts from the teacher's weights (or
+``--model_name_or_path``'s), its attention is transferred on the task's training inputs, then it is fine-tuned on
+the task loss plus distillation of the teacher's predictions (``hf_lln.recipes.glue.teacher``);
+``eval_teacher_agreement`` is the share of dev predictions equal to the teacher's.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ from hf_lln.recipes.glue.finetune import (
     predict,
     tokenize_splits,
 )
+from hf_lln.recipes.glue.teacher import (
+    add_teacher_arguments,
+    check_teacher_arguments,
+    distillation_compute_loss,
+    load_teacher,
+    teacher_agreement,
+    teacher_summary,
+    transfer_on_task,
+)
 from hf_lln.recipes.training import (
     add_training_arguments,
     apply_memory_options,
@@ -50,6 +65,7 @@ from hf_lln.recipes.training import (
     make_optimizer,
     make_scheduler,
     model_fingerprint,
+    model_loss,
     plan_training,
     removed_on_failure,
     save_final_model,
@@ -63,6 +79,7 @@ SUBMISSION_DIR = "submission"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_glue_arguments(parser)
+    add_teacher_arguments(parser)
     add_training_arguments(parser)
     parser.set_defaults(per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=2e-5)
     return parser.parse_args(argv)
@@ -85,6 +102,7 @@ def finetune(
     with removed_on_failure(args.output_dir):
         accelerator = make_accelerator(args, f"glue_{task.name}")
         model, tokenizer = load_classifier(task, args)
+        teacher = load_teacher(args, accelerator) if args.teacher_model_name_or_path is not None else None
         if args.resume_from_checkpoint is not None:
             check_checkpoint_model(args.resume_from_checkpoint, model_fingerprint(model))
         apply_memory_options(model, args)
@@ -100,6 +118,10 @@ def finetune(
         test_dls = [
             make_dataloader(encoded[s], collate, args.per_device_eval_batch_size) for s in test_splits
         ]
+        # A resumed run restores the transferred and partly fine-tuned weights from its checkpoint.
+        transfer = None
+        if teacher is not None and args.resume_from_checkpoint is None:
+            transfer = transfer_on_task(accelerator, teacher, model, train_dl, args, task)
 
         optimizer = make_optimizer(model, args)
         model, optimizer, train_dl, *loaders = accelerator.prepare(
@@ -111,7 +133,14 @@ def finetune(
         scheduler = accelerator.prepare(make_scheduler(optimizer, args, plan.max_train_steps))
 
         def evaluate() -> dict[str, float]:
-            return evaluate_splits(accelerator, model, eval_dls, task)
+            metrics = evaluate_splits(accelerator, model, eval_dls, task)
+            if teacher is not None:
+                metrics.update(teacher_agreement(accelerator, model, teacher, eval_dls, task))
+            return metrics
+
+        compute_loss = (
+            model_loss if teacher is None else distillation_compute_loss(accelerator, teacher, args, task)
+        )
 
         summary = train(
             accelerator,
@@ -121,6 +150,7 @@ def finetune(
             scheduler,
             train_dl,
             plan,
+            compute_loss=compute_loss,
             evaluate=evaluate,
             data_fingerprint=data,
         )
@@ -132,6 +162,8 @@ def finetune(
 
         results = {"train_samples": len(splits["train"]), **summary.results()}
         card = card_fields(task, args, results)
+        if teacher is not None:
+            card["training_summary"] += teacher_summary(args, transfer)
         save_final_model(
             accelerator, model, tokenizer, args, results, log_history=summary.log_history, card=card
         )
@@ -143,6 +175,7 @@ def run(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Fine-tune every task of ``--task_name`` in this process; returns each task's results."""
     args = parse_args(argv)
     task_names = check_glue_arguments(args)
+    check_teacher_arguments(args, get_task(task_names[0]) if len(task_names) == 1 else None)
     several = len(task_names) > 1
     # Every argument, the model's config (which sets an unset --max_length) and every task's output folder
     # (unused, or resumed by the same run) are checked, then every task's data is read (and checked), before

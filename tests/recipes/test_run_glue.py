@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import string
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,13 @@ from transformers import (
     AttentionInterface,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertConfig,
-    BertModel,
-    BertTokenizer,
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import hf_lln
 from hf_lln.recipes import glue_sweep, run_glue
+from tests._tiny import character_bert
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "glue"
@@ -46,22 +43,7 @@ SUBMISSION_FILES = {
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 1-layer BERT (one head of 64, the head size LLN's moment constants cover) with a character vocabulary."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *(f"##{c}" for c in characters)]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return character_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def run(tiny_bert: Path, output_dir: Path, *flags: str) -> dict:

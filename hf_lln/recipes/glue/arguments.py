@@ -43,7 +43,8 @@ def add_glue_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--pad_to_max_length", action="store_true", help="Pad every row to --max_length.")
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model_name_or_path", required=True, help="Stock or LLN checkpoint (folder or Hub id)."
+        "--model_name_or_path",
+        help="Stock or LLN checkpoint (folder or Hub id); default: --teacher_model_name_or_path.",
     )
     model.add_argument(
         "--trust_remote_code", action="store_true", help="Allow a checkpoint's own modelling code."

@@ -1,0 +1,239 @@
+"""Fine-tuned conversion in ``hf_lln.recipes.run_glue``: a softmax teacher fine-tuned on the task, a student with its
+weights and a linear attention, attention transfer on the task's training inputs (``hf_lln.transfer``), then
+fine-tuning with the task loss plus distillation of the teacher's predictions.
+
+    python -m hf_lln.recipes.run_glue --task_name mrpc --teacher_model_name_or_path runs/minilm-mrpc \\
+        --attn_implementation lln --output_dir runs/minilm-mrpc-lln
+
+``--model_name_or_path`` defaults to the teacher. Everything about the teacher is checked before any data is
+read: one task, a linear student attention, a softmax BERT/RoBERTa teacher with this task's labels (Transformers
+5 does not save ``finetuning_task``, so two tasks with the same label names, such as RTE and QNLI, pass). The
+student is loaded as the LLN class of ``--attn_implementation`` (``load_classifier``), so it saves and reloads with
+its attention, and loads as remote code without hf_lln.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from hf_lln.models.configuration_lln import LLN_MODEL_TYPES, is_lln_config, lln_settings
+from hf_lln.recipes.glue.finetune import predict
+from hf_lln.recipes.glue.tasks import GlueTask
+from hf_lln.recipes.training import check_model_source
+from hf_lln.transfer import (
+    TRAIN_MODES,
+    TransferReport,
+    TransferSettings,
+    distillation_loss,
+    transfer_attention,
+)
+from hf_lln.transfer.loop import MODEL_TYPES
+from hf_lln.transfer.matching import LOSSES, resolve_loss
+from hf_lln.transfer.options import add_flags
+from hf_lln.variants import ATTENTION_VARIANTS
+
+TEACHER_MODEL_TYPES = tuple(LLN_MODEL_TYPES)  # the stock families: softmax checkpoints
+_TRANSFER = TransferSettings()
+# Every default of the fine-tuned conversion; the transfer's own come from TransferSettings, except its length,
+# which is this recipe's (steps on the task's inputs, before fine-tuning).
+DEFAULTS = {
+    "distill_alpha": 0.5,
+    "distill_temperature": 2.0,
+    "transfer_steps": 300,
+    "transfer_learning_rate": _TRANSFER.learning_rate,
+    "transfer_train": _TRANSFER.train,
+    "transfer_loss": _TRANSFER.loss,
+}
+
+# flag -> (type or choices, help); every one needs --teacher_model_name_or_path
+_FLAGS = {
+    "distill_alpha": (float, "Weight of the distillation loss, 1 - weight of the task loss"),
+    "distill_temperature": (float, "Softmax temperature of the logit distillation"),
+    "transfer_steps": (int, "Attention-transfer steps on the training inputs before fine-tuning; 0 skips"),
+    "transfer_learning_rate": (float, "Attention-transfer learning rate"),
+    "transfer_train": (TRAIN_MODES, "Attention parameters transfer trains"),
+    "transfer_loss": (LOSSES, "Transfer's layer loss"),
+}
+
+
+def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--teacher_model_name_or_path`` group; its other flags need a teacher."""
+    group = parser.add_argument_group(
+        "fine-tuned conversion",
+        "Distil a softmax model fine-tuned on the task into a linear-attention student.",
+    )
+    group.add_argument(
+        "--teacher_model_name_or_path",
+        help="Softmax BERT/RoBERTa fine-tuned on this task (folder or Hub id); the student starts from its "
+        "weights (or --model_name_or_path's) with --attn_implementation.",
+    )
+    add_flags(group, _FLAGS, DEFAULTS)
+
+
+def _config(flag: str, path: str, args: argparse.Namespace):
+    check_model_source(flag, path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    except OSError as error:
+        raise ValueError(f"--{flag} {path}: cannot load its config: {error}") from None
+
+
+def check_teacher_arguments(args: argparse.Namespace, task: GlueTask | None) -> None:
+    """Fill in the defaults and raise ``ValueError`` naming the flag for a bad teacher setup, before any work.
+
+    ``task`` is the run's only task (None when ``--task_name`` gives several). Without a teacher, its flags
+    must be absent and ``--model_name_or_path`` given.
+    """
+    teacher = args.teacher_model_name_or_path
+    given = [name for name in DEFAULTS if getattr(args, name) is not None]
+    if teacher is None:
+        if given:
+            raise ValueError(f"{', '.join('--' + n for n in given)} need --teacher_model_name_or_path")
+        if args.model_name_or_path is None:
+            raise ValueError(
+                "--model_name_or_path is required (or --teacher_model_name_or_path to start from)"
+            )
+        return
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if task is None:
+        raise ValueError("--teacher_model_name_or_path is fine-tuned on one task: give --task_name one task")
+    if args.model_name_or_path is None:
+        args.model_name_or_path = teacher
+    if not 0.0 <= args.distill_alpha <= 1.0:
+        raise ValueError(f"--distill_alpha must be in [0, 1], got {args.distill_alpha}")
+    if not args.distill_temperature > 0:
+        raise ValueError(f"--distill_temperature must be > 0, got {args.distill_temperature}")
+    if args.transfer_steps < 0:
+        raise ValueError(f"--transfer_steps must be an integer >= 0, got {args.transfer_steps}")
+    if not args.transfer_learning_rate > 0:
+        raise ValueError(f"--transfer_learning_rate must be > 0, got {args.transfer_learning_rate}")
+    student_config = _config("model_name_or_path", args.model_name_or_path, args)
+    if student_config.model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"--model_name_or_path must be a BERT or RoBERTa checkpoint (model_type one of {', '.join(MODEL_TYPES)}) "
+            f"to be converted, got model_type {student_config.model_type!r}"
+        )
+    lln_variant = student_config.lln_variant if is_lln_config(student_config) else None
+    student_attention = args.attn_implementation or lln_variant
+    if student_attention not in ATTENTION_VARIANTS:
+        raise ValueError(
+            f"--teacher_model_name_or_path distils softmax attention into a linear one: --attn_implementation must "
+            f"be one of {', '.join(ATTENTION_VARIANTS)}, got {student_attention!r}"
+        )
+    args.attn_implementation = student_attention
+    if args.transfer_steps:
+        resolve_loss(args.transfer_loss, student_attention, lln_settings(student_config)["lln_mix_mode"])
+    config = _config("teacher_model_name_or_path", teacher, args)
+    if config.model_type not in TEACHER_MODEL_TYPES:
+        raise ValueError(
+            f"--teacher_model_name_or_path must be a softmax BERT or RoBERTa checkpoint (model_type "
+            f"{' or '.join(TEACHER_MODEL_TYPES)}), got model_type {config.model_type!r}"
+        )
+    # Transformers 5 no longer saves finetuning_task: where it is absent, the labels below are the check.
+    finetuned_on = getattr(config, "finetuning_task", None)
+    if finetuned_on not in (None, task.name):
+        raise ValueError(
+            f"--teacher_model_name_or_path was fine-tuned on {finetuned_on!r}, not on {task.name!r}"
+        )
+    labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    expected = ["LABEL_0"] if task.is_regression else list(task.label_names)
+    if config.num_labels != task.num_labels or (not task.is_regression and labels != expected):
+        raise ValueError(
+            f"--teacher_model_name_or_path must predict {task.name}'s {task.num_labels} label(s) "
+            f"{expected if not task.is_regression else '(one regression score)'}; it has {config.num_labels}: "
+            f"{labels}"
+        )
+
+
+def load_teacher(args: argparse.Namespace, accelerator: Accelerator) -> torch.nn.Module:
+    """The teacher classifier with softmax attention, frozen, in eval mode, on the accelerator's device."""
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        args.teacher_model_name_or_path,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return teacher.to(accelerator.device).eval().requires_grad_(False)
+
+
+def transfer_on_task(
+    accelerator: Accelerator, teacher, student, train_dataloader, args: argparse.Namespace, task: GlueTask
+) -> TransferReport | None:
+    """Attention transfer on the task's training batches (``--transfer_steps`` of them; None when 0)."""
+    if args.transfer_steps == 0:
+        return None
+    settings = TransferSettings(
+        steps=args.transfer_steps,
+        learning_rate=args.transfer_learning_rate,
+        train=args.transfer_train,
+        loss=args.transfer_loss,
+        seed=args.seed,
+    )
+    return transfer_attention(
+        teacher,
+        student,
+        train_dataloader,
+        settings,
+        accelerator=accelerator,
+        source=f"the {task.name} training inputs",
+    )
+
+
+def distillation_compute_loss(accelerator: Accelerator, teacher, args: argparse.Namespace, task: GlueTask):
+    """``compute_loss(model, batch)`` for ``hf_lln.recipes.training.train``: task loss plus distillation of the
+    teacher's logits (``hf_lln.transfer.distill.distillation_loss``)."""
+
+    def compute_loss(model, batch):
+        output = model(**batch)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        with torch.no_grad(), accelerator.autocast():
+            teacher_logits = teacher(**inputs).logits
+        return distillation_loss(
+            output.logits,
+            teacher_logits,
+            output.loss,
+            alpha=args.distill_alpha,
+            temperature=args.distill_temperature,
+            regression=task.is_regression,
+        )
+
+    return compute_loss
+
+
+def teacher_agreement(
+    accelerator: Accelerator, student, teacher, dataloaders, task: GlueTask
+) -> dict[str, float]:
+    """``teacher_agreement``: the share of validation predictions equal to the teacher's (classification; for a
+    regression task the Pearson correlation of the two models' scores), one value per validation split."""
+    metrics = {}
+    for split, dataloader in dataloaders.items():
+        ours, _ = predict(accelerator, student, dataloader, task, desc=f"evaluate {split}")
+        theirs, _ = predict(accelerator, teacher, dataloader, task, desc=f"teacher {split}")
+        if task.is_regression:
+            value = float(
+                torch.corrcoef(torch.stack([torch.from_numpy(ours), torch.from_numpy(theirs)]))[0, 1]
+            )
+        else:
+            value = float((ours == theirs).mean())
+        metrics[f"teacher_agreement{task.metric_suffix(split)}"] = value
+    return metrics
+
+
+def teacher_summary(args: argparse.Namespace, report: TransferReport | None) -> str:
+    """The model card's paragraph on the teacher, the transfer and the distillation."""
+    transfer = "\n\n" + report.summary() if report is not None else " No attention transfer."
+    teacher = args.teacher_model_name_or_path
+    # never a local path: the card is published (as card_fields does for the model)
+    named = f"`{Path(teacher).resolve().name}` (a local folder)" if Path(teacher).exists() else teacher
+    return (
+        f"\n\nConverted from the fine-tuned softmax teacher {named} and fine-tuned with "
+        f"distillation of its predictions (alpha {args.distill_alpha:g}, temperature {args.distill_temperature:g})."
+        + transfer
+    )
