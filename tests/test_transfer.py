@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 import transformers
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import StrictDataclassError
 from transformers import (
@@ -61,16 +64,15 @@ def sharpen(model):
     return model
 
 
-def tiny_pair(variant: str, family: str = "bert", **settings):
-    """A random softmax teacher and the student with its weights running ``variant``."""
+def tiny_pair(variant: str, family: str = "bert", shape: dict | None = None, **settings):
+    """A random softmax teacher and the student with its weights running ``variant``; ``shape`` overrides fields of
+    the tiny config (head count, hidden size)."""
     classes = AUTO_MODEL_CLASSES[f"lln_{family}"]
-    extra = {"pad_token_id": 1} if family == "roberta" else {}
+    config = {**TINY, **({"pad_token_id": 1} if family == "roberta" else {}), **(shape or {})}
     torch.manual_seed(0)
-    student = sharpen(
-        classes["AutoModel"](classes["AutoConfig"](**TINY, **extra, lln_variant=variant, **settings))
-    )
+    student = sharpen(classes["AutoModel"](classes["AutoConfig"](**config, lln_variant=variant, **settings)))
     teacher = (transformers.RobertaModel if family == "roberta" else BertModel)(
-        (RobertaConfig if family == "roberta" else BertConfig)(**TINY, **extra, attn_implementation="sdpa")
+        (RobertaConfig if family == "roberta" else BertConfig)(**config, attn_implementation="sdpa")
     )
     teacher.load_state_dict(student.state_dict(), strict=False)
     return teacher, student
@@ -93,7 +95,7 @@ def random_batches(count=6, batch=4, seq=12, seed=0, extra_padding=0):
     return batches
 
 
-SETTINGS = dict(steps=40, learning_rate=1e-2, eval_batches=2)
+SETTINGS = dict(steps=40, end_to_end_steps=0, learning_rate=1e-2, eval_batches=2)
 STEPS_ON_MINILM = 30
 
 
@@ -117,6 +119,30 @@ def test_transfer_lowers_the_matching_loss(variant, family, train, loss):
     assert after < 0.7 * before, report.table()
     assert all(param.requires_grad for param in student.parameters())
     assert not any(param.requires_grad for param in teacher.parameters())
+
+
+@pytest.mark.parametrize(
+    ("variant", "mixed_precision", "shape"),
+    [
+        ("lln", "bf16", {}),
+        ("lln_diag", "bf16", {"num_attention_heads": 1}),  # head size 32
+        ("lln", "no", {"hidden_size": 48, "num_attention_heads": 2}),  # head size 24
+        ("lln_diag", "no", {"hidden_size": 48, "num_attention_heads": 6}),  # head size 8
+    ],
+)
+def test_transfer_in_half_precision_and_at_other_head_sizes(variant, mixed_precision, shape):
+    """Under bf16 autocast the losses stay finite, the trained weights stay float32 and the loss still falls; head
+    sizes other than the tiny config's train too."""
+    teacher, student = tiny_pair(variant, shape=shape)
+    AcceleratorState._reset_state(True)  # accelerate keeps one precision per process
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=True)
+    report = transfer_attention(
+        teacher, student, random_batches(), TransferSettings(**SETTINGS), accelerator=accelerator
+    )
+    assert all(math.isfinite(value) for value in report.layer_before + report.layer_after)
+    assert sum(report.layer_after) < 0.7 * sum(report.layer_before), report.table()
+    assert {param.dtype for param in student.parameters()} == {torch.float32}
+    AcceleratorState._reset_state(True)
 
 
 def test_end_to_end_stage_lowers_the_final_hidden_state_error():
@@ -165,7 +191,7 @@ def test_dense_matrices_of_the_weight_loss_are_the_ops_that_run():
 @pytest.mark.parametrize(("variant", "train"), [("lln", "qk"), ("lln_diag", "lora")])
 def test_padding_changes_nothing_for_the_real_tokens(variant, train):
     """The same sequences with 5 more pad columns give the same transfer, to float rounding."""
-    settings = TransferSettings(**SETTINGS, train=train, loss="both", end_to_end_steps=5)
+    settings = TransferSettings(**{**SETTINGS, "end_to_end_steps": 5}, train=train, loss="both")
     results = []
     for extra in (0, 5):
         teacher, student = tiny_pair(variant)
@@ -236,7 +262,7 @@ def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
     src = tiny_checkpoint(tmp_path / "bert")
     text = tmp_path / "texts.txt"
     text.write_text("\n\n".join(FIXTURE_SENTENCES * 3))
-    flags = "--transfer_steps 30 --transfer_lr 1e-2 --transfer_batch_size 4 --transfer_max_length 16"
+    flags = "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_lr 1e-2 --transfer_batch_size 4 --transfer_max_length 16"
     assert (
         main(
             [
@@ -278,7 +304,9 @@ def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
 
 def test_convert_without_text_uses_the_bundled_corpus(tmp_path):
     src = tiny_checkpoint(tmp_path / "bert")
-    transfer = TextTransfer(settings=TransferSettings(steps=2, eval_batches=1, batch_size=2, max_length=8))
+    transfer = TextTransfer(
+        settings=TransferSettings(steps=2, end_to_end_steps=0, eval_batches=1, batch_size=2, max_length=8)
+    )
     report = convert_checkpoint(src, tmp_path / "lln", variant="lln_diag", transfer=transfer)
     assert report.transfer.source.startswith("the bundled corpus")
     assert "bundled corpus" in (tmp_path / "lln" / "README.md").read_text()
@@ -358,14 +386,19 @@ def test_bad_models_and_settings_are_refused(tmp_path):
     _, cheap = tiny_pair("cheap_linear")
     with pytest.raises(ValueError, match="'cheap_linear' has none"):
         transfer_attention(teacher, cheap, batches, TransferSettings(loss="weights"))
-    assert transfer_attention(teacher, cheap, batches, TransferSettings(steps=1)).settings.loss == "output"
+    assert (
+        transfer_attention(
+            teacher, cheap, batches, TransferSettings(steps=1, end_to_end_steps=0)
+        ).settings.loss
+        == "output"
+    )
     _, mixed = tiny_pair("lln_diag", lln_mix_mode="learnable_ratio")
     with pytest.raises(ValueError, match="lln_mix_mode='learnable_ratio' mixes"):
         transfer_attention(teacher, mixed, batches, TransferSettings(loss="both"))
     for bad, match in [
         (dict(train="all"), "train must be one of"),
         (dict(loss="mse"), "loss must be one of"),
-        (dict(steps=0), "nothing to train"),
+        (dict(steps=0, end_to_end_steps=0), "nothing to train"),
         (dict(learning_rate=0), "learning_rate must be a number > 0"),
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
     ]:
@@ -407,7 +440,7 @@ def test_real_minilm_zero_shot_transfer(minilm_path):
     student = transformers.AutoModel.from_pretrained(minilm_path, attn_implementation="lln")
     evaluation = [tokenizer(FIXTURE_SENTENCES, padding=True, return_tensors="pt")]
     batches = text_batches(load_texts().texts, tokenizer, batch_size=8, max_length=48)
-    settings = TransferSettings(steps=STEPS_ON_MINILM, eval_batches=1)
+    settings = TransferSettings(steps=STEPS_ON_MINILM, end_to_end_steps=0, eval_batches=1)
     report = transfer_attention(
         teacher, student, evaluation + list(itertools.islice(batches, STEPS_ON_MINILM)), settings
     )

@@ -11,12 +11,15 @@ An experiment harness (not library code). Two parts, each arm a fresh process-po
   ``FINETUNE_ARMS``: ``plain`` (the pretrained MiniLM converted and fine-tuned on the task loss: the baseline of
   the issue), ``attnlr`` (the same with 10x the learning rate on the q/k projections), ``distill`` (the teacher's
   weights, fine-tuned on task loss + distillation of the teacher's logits), ``transfer+distill`` (the same after
-  attention transfer on the task's training inputs: what ``run_glue --teacher_model_name_or_path`` does).
+  attention transfer on the task's training inputs), ``transfer+e2e+distill`` (three times the layer-by-layer
+  steps, then end-to-end steps on the final hidden states: what ``run_glue --teacher_model_name_or_path`` does by
+  default), and ``-a0.9`` variants with distillation weight 0.9 instead of 0.5.
   Reported: the dev score (CoLA MCC, SST-2 accuracy, MRPC mean of accuracy and F1), its ratio to the teacher's,
   and the share of dev predictions equal to the teacher's.
 
 Imports neither ``datasets`` nor ``hf_lln.recipes`` (the GPU machine has no ``datasets``): the GLUE TSVs are read
-with ``csv``. One H200, everything, 3 seeds (about 6 minutes):
+with ``csv``. The default arms, 3 seeds, on one H200 with ``--jobs 12``: more than 9 minutes (split a run with
+``--parts``/``--tasks`` to stay within a device call; a rerun resumes):
 
     python -m hf_lln.experiments.transfer_study --scale gpu --model_name_or_path .gpu_data/minilm \\
         --glue_dir .gpu_data/glue --text .gpu_data/text/wikitext2-valid.txt --output_dir runs/transfer_study --jobs 8
@@ -97,6 +100,8 @@ ZERO_SHOT_ARMS = {
     "qk-weights-e2e": dict(train="qk", loss="weights", end_to_end=True),
     "qk-weights-x3": dict(train="qk", loss="weights", factor=3),
     "qk-weights-e2e-x2": dict(train="qk", loss="weights", end_to_end=True, factor=2),
+    "qkvo-both-e2e-x2": dict(train="qkvo", loss="both", end_to_end=True, factor=2),
+    "qk-weights-e2e-x3": dict(train="qk", loss="weights", end_to_end=True, factor=3),
 }
 # What the GPU run compares by default: no transfer, q/k vs q/k/v/o, the end-to-end stage, twice the steps.
 KEY_ZERO_SHOT_ARMS = ("none", "qk-weights", "qkvo-both", "qk-weights-e2e", "qk-weights-e2e-x2")
@@ -120,11 +125,36 @@ def zero_shot_steps(arm: str, scale: Scale) -> int:
     return 0 if settings is None else settings.steps + 2 * settings.end_to_end_steps
 
 
-FINETUNE_ARMS = ("plain", "attnlr", "distill", "transfer+distill")
+@dataclass(frozen=True)
+class FinetuneArm:
+    """A student: ``from_teacher`` (start from the fine-tuned teacher and distil its logits with weight
+    ``distill_alpha``, else from the pretrained MiniLM on the task loss alone); ``transfer_factor`` and
+    ``end_to_end_factor`` times the scale's ``task_transfer_steps`` of attention transfer on the task's inputs
+    first (0: none); ``attention_lr_scale`` on the q/k projections' learning rate."""
+
+    from_teacher: bool
+    transfer_factor: int = 0
+    end_to_end_factor: int = 0
+    distill_alpha: float = 0.5
+    attention_lr_scale: float = 1.0
+
+
+FINETUNE_ARMS = {
+    "plain": FinetuneArm(from_teacher=False),
+    "attnlr": FinetuneArm(from_teacher=False, attention_lr_scale=10.0),
+    "distill": FinetuneArm(from_teacher=True),
+    "transfer+distill": FinetuneArm(from_teacher=True, transfer_factor=1),
+    "transfer+e2e+distill": FinetuneArm(from_teacher=True, transfer_factor=3, end_to_end_factor=1),
+    "transfer+distill-a0.9": FinetuneArm(from_teacher=True, transfer_factor=1, distill_alpha=0.9),
+    "transfer+e2e+distill-a0.9": FinetuneArm(
+        from_teacher=True, transfer_factor=3, end_to_end_factor=1, distill_alpha=0.9
+    ),
+}
+KEY_FINETUNE_ARMS = ("plain", "distill", "transfer+distill", "transfer+e2e+distill")
 TASKS = ("cola", "mrpc", "sst2")
-# The distillation the study measures: run_glue's defaults (hf_lln.recipes.glue.teacher.DEFAULTS) when it was
-# written, pinned here since that module cannot be imported without `datasets`.
-DISTILL_ALPHA, DISTILL_TEMPERATURE, ATTENTION_LR_SCALE = 0.5, 2.0, 10.0
+# run_glue's distillation temperature (hf_lln.recipes.glue.teacher.DEFAULTS), pinned here since that module cannot
+# be imported without `datasets`.
+DISTILL_TEMPERATURE = 2.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,7 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     parser.add_argument("--zeroshot_arms", nargs="+", choices=ZERO_SHOT_ARMS, default=KEY_ZERO_SHOT_ARMS)
-    parser.add_argument("--arms", nargs="+", choices=FINETUNE_ARMS, default=FINETUNE_ARMS)
+    parser.add_argument("--arms", nargs="+", choices=FINETUNE_ARMS, default=KEY_FINETUNE_ARMS)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
     parser.add_argument("--seeds", nargs="+", type=int, default=(0, 1, 2))
     parser.add_argument(
@@ -293,7 +323,7 @@ def zero_shot_arm(context: Context, variant: str, arm: str, seed: int) -> dict:
 
 
 def train_classifier(
-    model, loader, context: Context, epochs: int, *, teacher=None, attention_lr_scale=1.0
+    model, loader, context: Context, epochs: int, *, teacher=None, distill_alpha=0.5, attention_lr_scale=1.0
 ) -> float:
     """AdamW (weight decay 0.01, 10% warm-up, linear decay), task loss or task + distillation; returns seconds."""
     scale = context.scale
@@ -323,7 +353,7 @@ def train_classifier(
                         output.logits,
                         teacher_logits,
                         output.loss,
-                        alpha=DISTILL_ALPHA,
+                        alpha=distill_alpha,
                         temperature=DISTILL_TEMPERATURE,
                         regression=False,
                     )
@@ -393,17 +423,21 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
     teacher_predictions = np.load(teacher_folder / "dev_predictions.npy")
     result = {"task": task, "seed": seed, "variant": variant, "arm": arm}
     epochs = context.scale.epochs[task]
-    if arm in ("plain", "attnlr"):
+    spec = FINETUNE_ARMS[arm]
+    if not spec.from_teacher:
         model = classifier(context.model, variant, seed)
         result["train_seconds"] = train_classifier(
-            model, train, context, epochs, attention_lr_scale=ATTENTION_LR_SCALE if arm == "attnlr" else 1.0
+            model, train, context, epochs, attention_lr_scale=spec.attention_lr_scale
         )
     else:
         model = classifier(teacher_folder, variant, seed)
         teacher = classifier(teacher_folder, "sdpa", seed).to(context.device).eval()
         result["zero_shot_score"] = task_score(task, predict(model, dev, context), labels)
-        if arm == "transfer+distill":
-            settings = TransferSettings(steps=context.scale.task_transfer_steps, seed=seed)
+        if spec.transfer_factor:
+            steps = context.scale.task_transfer_steps
+            settings = TransferSettings(
+                steps=spec.transfer_factor * steps, end_to_end_steps=spec.end_to_end_factor * steps, seed=seed
+            )
             start = time.perf_counter()
             report = transfer_attention(
                 teacher,
@@ -416,7 +450,15 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
             result["transfer"] = report.to_dict()
             result["transfer_seconds"] = time.perf_counter() - start
             result["transferred_score"] = task_score(task, predict(model, dev, context), labels)
-        result["train_seconds"] = train_classifier(model, train, context, epochs, teacher=teacher)
+        result["train_seconds"] = train_classifier(
+            model,
+            train,
+            context,
+            epochs,
+            teacher=teacher,
+            distill_alpha=spec.distill_alpha,
+            attention_lr_scale=spec.attention_lr_scale,
+        )
     predictions = predict(model, dev, context)
     result["score"] = task_score(task, predictions, labels)
     result["agreement"] = 100 * float((predictions == teacher_predictions).mean())

@@ -77,13 +77,13 @@ def test_transferred_student_agrees_with_its_teacher_better_than_untransferred_o
         tmp_path / "untransferred",
         f"--teacher_model_name_or_path {teacher}",
         same,
-        "--transfer_steps 0 --distill_alpha 0.9",
+        "--transfer_steps 0 --transfer_end_to_end_steps 0 --distill_alpha 0.9",
     )
     transferred = run(
         tmp_path / "transferred",
         f"--teacher_model_name_or_path {teacher}",
         same,
-        "--transfer_steps 30 --transfer_learning_rate 1e-2 --distill_alpha 0.9",
+        "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9",
     )
     assert "eval_teacher_agreement" not in plain["mrpc"]
     for results in (untransferred, transferred):
@@ -106,10 +106,20 @@ def test_teacher_without_transfer_still_distils(teacher, tmp_path):
     results = run(
         tmp_path,
         f"--teacher_model_name_or_path {teacher} --task_name mrpc --glue_dir {FIXTURES}",
-        "--attn_implementation lln_diag --max_train_steps 2 --transfer_steps 0",
+        "--attn_implementation lln_diag --max_train_steps 2 --transfer_steps 0 --transfer_end_to_end_steps 0",
     )
     assert "eval_teacher_agreement" in results["mrpc"]
     assert "No attention transfer." in (tmp_path / "README.md").read_text()
+
+
+def test_end_to_end_transfer_alone(teacher, tmp_path):
+    run(
+        tmp_path,
+        f"--teacher_model_name_or_path {teacher} --task_name mrpc --glue_dir {FIXTURES}",
+        "--attn_implementation lln --max_train_steps 2 --transfer_steps 0 --transfer_end_to_end_steps 3",
+    )
+    card = (tmp_path / "README.md").read_text()
+    assert "layer-by-layer" not in card and "3 end-to-end steps on the final hidden states" in card
 
 
 @pytest.mark.parametrize(
