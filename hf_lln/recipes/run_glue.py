@@ -51,7 +51,7 @@ from hf_lln.recipes.glue.teacher import (
     check_teacher_arguments,
     distillation_compute_loss,
     load_teacher,
-    teacher_agreement,
+    teacher_predictions,
     teacher_summary,
     transfer_on_task,
 )
@@ -132,11 +132,10 @@ def finetune(
         plan = plan_training(args, len(train_dl))
         scheduler = accelerator.prepare(make_scheduler(optimizer, args, plan.max_train_steps))
 
+        teacher_dev = None if teacher is None else teacher_predictions(accelerator, teacher, eval_dls, task)
+
         def evaluate() -> dict[str, float]:
-            metrics = evaluate_splits(accelerator, model, eval_dls, task)
-            if teacher is not None:
-                metrics.update(teacher_agreement(accelerator, model, teacher, eval_dls, task))
-            return metrics
+            return evaluate_splits(accelerator, model, eval_dls, task, teacher_dev)
 
         compute_loss = (
             model_loss if teacher is None else distillation_compute_loss(accelerator, teacher, args, task)

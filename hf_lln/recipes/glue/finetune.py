@@ -166,9 +166,15 @@ def predict(
 
 
 def evaluate_splits(
-    accelerator: Accelerator, model: torch.nn.Module, dataloaders: Mapping[str, object], task: GlueTask
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    dataloaders: Mapping[str, object],
+    task: GlueTask,
+    teacher_predictions: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """The GLUE metric on each validation split (MNLI mismatched metrics get the suffix ``_mm``)."""
+    """The GLUE metric on each validation split (MNLI mismatched metrics get the suffix ``_mm``), and with
+    ``teacher_predictions`` (split -> a teacher's predictions of it) ``teacher_agreement``: the share of
+    predictions equal to the teacher's (for a regression task the Pearson correlation of the two scores)."""
     metrics = {}
     for split, dataloader in dataloaders.items():
         predictions, references = predict(accelerator, model, dataloader, task, desc=f"evaluate {split}")
@@ -179,6 +185,13 @@ def evaluate_splits(
                 for key, value in glue_metric(task.name, predictions, references).items()
             }
         )
+        if teacher_predictions is not None:
+            theirs = teacher_predictions[split]
+            metrics[f"teacher_agreement{suffix}"] = float(
+                np.corrcoef(predictions, theirs)[0, 1]
+                if task.is_regression
+                else (predictions == theirs).mean()
+            )
     return metrics
 
 

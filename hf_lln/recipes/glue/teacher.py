@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -217,23 +218,15 @@ def distillation_compute_loss(accelerator: Accelerator, teacher, args: argparse.
     return compute_loss
 
 
-def teacher_agreement(
-    accelerator: Accelerator, student, teacher, dataloaders, task: GlueTask
-) -> dict[str, float]:
-    """``teacher_agreement``: the share of validation predictions equal to the teacher's (classification; for a
-    regression task the Pearson correlation of the two models' scores), one value per validation split."""
-    metrics = {}
-    for split, dataloader in dataloaders.items():
-        ours, _ = predict(accelerator, student, dataloader, task, desc=f"evaluate {split}")
-        theirs, _ = predict(accelerator, teacher, dataloader, task, desc=f"teacher {split}")
-        if task.is_regression:
-            value = float(
-                torch.corrcoef(torch.stack([torch.from_numpy(ours), torch.from_numpy(theirs)]))[0, 1]
-            )
-        else:
-            value = float((ours == theirs).mean())
-        metrics[f"teacher_agreement{task.metric_suffix(split)}"] = value
-    return metrics
+def teacher_predictions(
+    accelerator: Accelerator, teacher, dataloaders, task: GlueTask
+) -> dict[str, np.ndarray]:
+    """The frozen teacher's predictions of each validation split, computed once for every evaluation's
+    ``teacher_agreement`` (``evaluate_splits``)."""
+    return {
+        split: predict(accelerator, teacher, dataloader, task, desc=f"teacher {split}")[0]
+        for split, dataloader in dataloaders.items()
+    }
 
 
 def teacher_summary(args: argparse.Namespace, report: TransferReport | None) -> str:
