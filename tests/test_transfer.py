@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -35,8 +36,9 @@ from hf_lln.transfer import (
     text_batches,
     transfer_attention,
 )
+from hf_lln.transfer.loop import _Run
 from hf_lln.transfer.matching import lln_log_probs, split_heads, student_log_probs
-from hf_lln.transfer.options import TextTransfer
+from hf_lln.transfer.options import TextTransfer, transfer_options
 from tests._tiny import TINY
 from tests.test_hub import assert_remote_loads
 
@@ -109,6 +111,7 @@ STEPS_ON_MINILM = 30
         ("performer", "roberta", "qk", "weights"),
         ("cosformer", "bert", "qkvo", "output"),
         ("linear_elu", "bert", "qk", "weights"),
+        ("lln_diag", "roberta", "qk_temperature", "weights"),
     ],
 )
 def test_transfer_lowers_the_matching_loss(variant, family, train, loss):
@@ -145,14 +148,61 @@ def test_transfer_in_half_precision_and_at_other_head_sizes(variant, mixed_preci
     AcceleratorState._reset_state(True)
 
 
-def test_end_to_end_stage_lowers_the_final_hidden_state_error():
+@pytest.mark.parametrize(
+    ("loss", "train"), [("final", "attention"), ("layers", "all"), ("pooled", "attention"), ("final", "all")]
+)
+def test_end_to_end_stage_lowers_the_final_hidden_state_error(loss, train):
+    """Every end-to-end loss brings the final hidden states closer; ``all`` trains the feed-forward blocks too,
+    ``attention`` only the ``train`` projections; the embeddings never move."""
     teacher, student = tiny_pair("lln")
+    start = {name: param.detach().clone() for name, param in student.named_parameters()}
     settings = TransferSettings(
-        steps=0, end_to_end_steps=40, learning_rate=1e-2, train="qkvo", eval_batches=2
+        steps=0,
+        end_to_end_steps=40,
+        learning_rate=1e-2,
+        end_to_end_learning_rate=1e-2 if train == "attention" else 3e-3,
+        train="qkvo",
+        end_to_end_loss=loss,
+        end_to_end_train=train,
+        eval_batches=2,
     )
     report = transfer_attention(teacher, student, random_batches(), settings)
-    assert report.hidden_after < 0.7 * report.hidden_before, report.table()
-    assert report.cosine_after > report.cosine_before
+
+    def objective(hidden, cosine):  # what the stage minimises ("layers": measured on the last layer)
+        return hidden + (1 - cosine if loss == "pooled" else 0)
+
+    before = objective(report.hidden_before, report.cosine_before)
+    assert objective(report.hidden_after, report.cosine_after) < 0.7 * before, report.table()
+    assert report.hidden_after < report.hidden_before and report.cosine_after > report.cosine_before
+    moved = {name for name, param in student.named_parameters() if not torch.equal(param, start[name])}
+    feed_forward = {
+        name for name in start if ".intermediate." in name or re.search(r"\.output\.dense\.", name)
+    }
+    attention = {
+        name for name in start if re.search(r"attention\.(self\.(query|key|value)|output\.dense)\.", name)
+    }
+    feed_forward -= attention
+    assert moved >= attention and (moved >= feed_forward if train == "all" else moved == attention)
+    assert not any(name.startswith("embeddings.") for name in moved)
+    assert all(param.requires_grad for param in student.parameters())
+
+
+def test_layers_loss_is_the_mean_error_of_every_layer_output():
+    """The ``layers`` end-to-end loss, recomputed from both models' hidden states."""
+    teacher, student = tiny_pair("lln")
+    inputs = random_batches(count=1)[0]
+    run = _Run(teacher, student, TransferSettings(end_to_end_loss="layers"), Accelerator(cpu=True))
+    with torch.no_grad():
+        got = run.end_to_end_loss(inputs)
+        ours = student(**inputs, output_hidden_states=True).hidden_states
+        theirs = teacher(**inputs, output_hidden_states=True).hidden_states
+    weight = inputs["attention_mask"][..., None].float()
+    errors = [
+        ((s - t) ** 2 * weight).sum() / (t**2 * weight).sum()
+        for s, t in zip(ours[1:], theirs[1:], strict=True)
+    ]
+    assert len(errors) == TINY["num_hidden_layers"] and min(errors) > 0
+    torch.testing.assert_close(got, torch.stack(errors).mean())
 
 
 def test_learnable_mix_weights_train_with_the_output_loss():
@@ -204,7 +254,7 @@ def test_padding_changes_nothing_for_the_real_tokens(variant, train):
         torch.testing.assert_close(padded_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("train", ["lora", "temperature"])
+@pytest.mark.parametrize("train", ["lora", "temperature", "qk_temperature"])
 def test_extra_parameters_fold_into_the_weights(train):
     """After the block, the model has its own modules and weight names, and computes what it computed inside."""
     _, student = tiny_pair("lln")
@@ -284,7 +334,10 @@ def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
     assert (
         "30 layer-by-layer steps (loss: weights)" in card and "`qk`" in card and "the file texts.txt" in card
     )
-    assert "in batches of 4 texts of at most 16 tokens" in card and "| final hidden states, error |" in card
+    assert (
+        "in batches of 4 texts of at most 16 tokens, alternating with batches of 8 texts of at most 8" in card
+    )
+    assert "| final hidden states, error |" in card
     assert "Then its attention parameters were trained" in card
     transferred = transformers.AutoModel.from_pretrained(tmp_path / "lln").eval()
     assert type(transferred) is hf_lln.LLNBertModel
@@ -310,6 +363,43 @@ def test_convert_without_text_uses_the_bundled_corpus(tmp_path):
     report = convert_checkpoint(src, tmp_path / "lln", variant="lln_diag", transfer=transfer)
     assert report.transfer.source.startswith("the bundled corpus")
     assert "bundled corpus" in (tmp_path / "lln" / "README.md").read_text()
+
+
+def test_mixed_lengths_alternate_long_batches_with_twice_the_texts_at_half_the_length(tmp_path):
+    tokenizer = BertTokenizer.from_pretrained(tiny_checkpoint(tmp_path / "bert"))
+    texts = [" ".join(FIXTURE_SENTENCES)] * 12  # each far longer than 16 tokens
+    loader = text_batches(texts, tokenizer, batch_size=2, max_length=16, seed=3, mixed_lengths=True)
+    shapes = [tuple(batch["input_ids"].shape) for batch in loader]
+    assert shapes == [(2, 16), (4, 8)] * 3 and len(loader) == 6
+    assert [tuple(b["input_ids"].shape) for b in loader] == shapes  # re-iterable
+    plain = text_batches(texts, tokenizer, batch_size=2, max_length=16)
+    assert {tuple(batch["input_ids"].shape) for batch in plain} == {(2, 16)} and len(plain) == 6
+    with pytest.raises(ValueError, match="mixed_lengths halves max_length, which must then be >= 2, got 1"):
+        text_batches(texts, tokenizer, batch_size=2, max_length=1, mixed_lengths=True)
+
+
+def test_convert_flags_set_every_transfer_setting():
+    parser = hf_lln.cli.build_parser()
+    defaults = transfer_options(parser.parse_args(["convert", "a", "b", "--transfer"])).settings
+    assert defaults == TransferSettings()
+    argv = "convert a b --transfer t.txt --no-transfer_mixed_lengths --transfer_end_to_end_loss final"
+    argv += (
+        " --transfer_end_to_end_train attention --transfer_end_to_end_lr 2e-3 --transfer_train qk_temperature"
+    )
+    transfer = transfer_options(parser.parse_args(argv.split()))
+    assert transfer.text == "t.txt" and transfer.settings == TransferSettings(
+        mixed_lengths=False,
+        end_to_end_loss="final",
+        end_to_end_train="attention",
+        end_to_end_learning_rate=2e-3,
+        train="qk_temperature",
+    )
+    with pytest.raises(
+        ValueError, match="--transfer_end_to_end_lr: end_to_end_learning_rate must be a number > 0"
+    ):
+        transfer_options(parser.parse_args("convert a b --transfer --transfer_end_to_end_lr -1".split()))
+    with pytest.raises(ValueError, match="--transfer_mixed_lengths only apply with --transfer"):
+        transfer_options(parser.parse_args("convert a b --transfer_mixed_lengths".split()))
 
 
 def test_text_sources(tmp_path):
@@ -401,6 +491,13 @@ def test_bad_models_and_settings_are_refused(tmp_path):
         (dict(steps=0, end_to_end_steps=0), "nothing to train"),
         (dict(learning_rate=0), "learning_rate must be a number > 0"),
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(end_to_end_loss="hidden"), "end_to_end_loss must be one of 'final', 'layers', 'pooled'"),
+        (dict(end_to_end_train="qk"), "end_to_end_train must be one of 'attention', 'all'"),
+        (dict(end_to_end_learning_rate=0.0), "end_to_end_learning_rate must be a number > 0"),
+        (dict(end_to_end_learning_rate=float("nan")), "end_to_end_learning_rate must be a number > 0"),
+        (dict(learning_rate=True), "learning_rate must be a number > 0"),
+        (dict(mixed_lengths="yes"), "mixed_lengths must be True or False"),
+        (dict(max_length=1), "mixed_lengths halves max_length"),
     ]:
         with pytest.raises(ValueError, match=match):
             TransferSettings(**bad)

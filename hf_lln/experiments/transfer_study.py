@@ -6,14 +6,17 @@ An experiment harness (not library code). Two parts, each arm a fresh process-po
 
 - ``zeroshot``: the pretrained MiniLM converted to a variant, transferred on ``--text`` with one setting per arm
   (``ZERO_SHOT_ARMS``), scored by the mean cosine of its mean-pooled embeddings to softmax's on the first
-  ``--sentences`` SST-2 dev sentences (as ``hf_lln.experiments.embedding_similarity``).
+  ``--sentences`` SST-2 dev sentences (as ``hf_lln.experiments.embedding_similarity``) and, with ``--long_text``,
+  on as many held-out paragraphs of up to 512 tokens.
 - ``finetune``: per task and seed, a softmax teacher fine-tuned from MiniLM; then per variant the students of
   ``FINETUNE_ARMS``: ``plain`` (the pretrained MiniLM converted and fine-tuned on the task loss: the baseline of
   the issue), ``attnlr`` (the same with 10x the learning rate on the q/k projections), ``distill`` (the teacher's
   weights, fine-tuned on task loss + distillation of the teacher's logits), ``transfer+distill`` (the same after
   attention transfer on the task's training inputs), ``transfer+e2e+distill`` (three times the layer-by-layer
-  steps, then end-to-end steps on the final hidden states: what ``run_glue --teacher_model_name_or_path`` does by
-  default), and ``-a0.9`` variants with distillation weight 0.9 instead of 0.5.
+  steps, then end-to-end steps on the final hidden states), ``-a0.9`` variants with distillation weight 0.9
+  instead of 0.5, and ``transfer+e2elayersall+distill`` (the end-to-end steps on every layer's output, training
+  every encoder parameter: what ``run_glue --teacher_model_name_or_path`` does by default) with a shorter
+  (``transfer-short``) or faster (``-lr3e-3``) layer stage.
   Reported: the dev score (CoLA MCC, SST-2 accuracy, MRPC mean of accuracy and F1), its ratio to the teacher's,
   and the share of dev predictions equal to the teacher's.
 
@@ -85,6 +88,17 @@ VARIANTS = ("lln", "lln_diag")
 
 # name -> TransferSettings fields (None: no transfer); layer-by-layer and end-to-end steps come from the scale,
 # times "factor" where given.
+# Every arm starts from the settings the study began with (TransferSettings' defaults have moved since), so that
+# an arm's name keeps its meaning.
+BASE = dict(
+    learning_rate=1e-3,
+    end_to_end_loss="final",
+    end_to_end_train="attention",
+    end_to_end_learning_rate=None,
+    mixed_lengths=False,
+)
+SHORT = dict(batch_size=64, max_length=64)  # the GPU scale's 4,096 tokens per batch, in twice the texts
+LAYERS_ALL = dict(end_to_end_loss="layers", end_to_end_train="all", end_to_end_learning_rate=1e-4)
 ZERO_SHOT_ARMS = {
     "none": None,
     "qk-output": dict(train="qk", loss="output"),
@@ -102,9 +116,45 @@ ZERO_SHOT_ARMS = {
     "qk-weights-e2e-x2": dict(train="qk", loss="weights", end_to_end=True, factor=2),
     "qkvo-both-e2e-x2": dict(train="qkvo", loss="both", end_to_end=True, factor=2),
     "qk-weights-e2e-x3": dict(train="qk", loss="weights", end_to_end=True, factor=3),
+    "qk-weights-e2e-lr3e-3": dict(train="qk", loss="weights", end_to_end=True, learning_rate=3e-3),
+    "qkt-weights-e2e": dict(train="qk_temperature", loss="weights", end_to_end=True),
+    "qk-weights-e2elayers": dict(train="qk", loss="weights", end_to_end=True, end_to_end_loss="layers"),
+    "qk-weights-e2epooled": dict(train="qk", loss="weights", end_to_end=True, end_to_end_loss="pooled"),
+    "qk-weights-e2eall": dict(
+        train="qk", loss="weights", end_to_end=True, end_to_end_train="all", end_to_end_learning_rate=1e-4
+    ),
+    "qk-weights-e2elayers-all": dict(train="qk", loss="weights", end_to_end=True, **LAYERS_ALL),
+    "qk-weights-e2elayers-all-x3": dict(train="qk", loss="weights", end_to_end=True, factor=3, **LAYERS_ALL),
+    "qk-weights-e2e-short": dict(train="qk", loss="weights", end_to_end=True, **SHORT),
+    "qk-weights-e2e-shorter": dict(
+        train="qk", loss="weights", end_to_end=True, batch_size=128, max_length=32
+    ),
+    "qk-weights-e2e-short-lr3e-3": dict(
+        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, **SHORT
+    ),
+    "qk-weights-e2e-short-x3": dict(train="qk", loss="weights", end_to_end=True, factor=3, **SHORT),
+    "qk-weights-e2elayersall-short": dict(train="qk", loss="weights", end_to_end=True, **LAYERS_ALL, **SHORT),
+    "qk-weights-e2elayersall-short-lr3e-3": dict(
+        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, **LAYERS_ALL, **SHORT
+    ),
+    "qk-weights-e2elayersall-lr3e-3": dict(
+        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, **LAYERS_ALL
+    ),
+    "qk-weights-e2elayersall-mixed-lr3e-3": dict(  # TransferSettings' defaults
+        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, mixed_lengths=True, **LAYERS_ALL
+    ),
+    "qk-weights-e2elayersall-short-lr3e-3-x3": dict(
+        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, factor=3, **LAYERS_ALL, **SHORT
+    ),
 }
-# What the GPU run compares by default: no transfer, q/k vs q/k/v/o, the end-to-end stage, twice the steps.
-KEY_ZERO_SHOT_ARMS = ("none", "qk-weights", "qkvo-both", "qk-weights-e2e", "qk-weights-e2e-x2")
+# What the GPU run compares by default: no transfer, the first default, and the text lengths of the current one.
+KEY_ZERO_SHOT_ARMS = (
+    "none",
+    "qk-weights-e2e",
+    "qk-weights-e2elayersall-lr3e-3",
+    "qk-weights-e2elayersall-short-lr3e-3",
+    "qk-weights-e2elayersall-mixed-lr3e-3",
+)
 
 
 def zero_shot_settings(arm: str, scale: Scale, seed: int) -> TransferSettings | None:
@@ -112,7 +162,7 @@ def zero_shot_settings(arm: str, scale: Scale, seed: int) -> TransferSettings | 
     spec = ZERO_SHOT_ARMS[arm]
     if spec is None:
         return None
-    spec = dict(spec)
+    spec = {"batch_size": scale.transfer_batch, "max_length": scale.transfer_max_length, **BASE, **spec}
     factor = spec.pop("factor", 1)
     end_to_end = scale.end_to_end_steps * factor if spec.pop("end_to_end", False) else 0
     return TransferSettings(
@@ -130,15 +180,18 @@ class FinetuneArm:
     """A student: ``from_teacher`` (start from the fine-tuned teacher and distil its logits with weight
     ``distill_alpha``, else from the pretrained MiniLM on the task loss alone); ``transfer_factor`` and
     ``end_to_end_factor`` times the scale's ``task_transfer_steps`` of attention transfer on the task's inputs
-    first (0: none); ``attention_lr_scale`` on the q/k projections' learning rate."""
+    first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``attention_lr_scale`` on
+    the q/k projections' learning rate."""
 
     from_teacher: bool
     transfer_factor: int = 0
     end_to_end_factor: int = 0
     distill_alpha: float = 0.5
     attention_lr_scale: float = 1.0
+    transfer: tuple = ()
 
 
+E2E_LAYERS_ALL = tuple(LAYERS_ALL.items())  # the end-to-end stage of TransferSettings' defaults
 FINETUNE_ARMS = {
     "plain": FinetuneArm(from_teacher=False),
     "attnlr": FinetuneArm(from_teacher=False, attention_lr_scale=10.0),
@@ -149,8 +202,20 @@ FINETUNE_ARMS = {
     "transfer+e2e+distill-a0.9": FinetuneArm(
         from_teacher=True, transfer_factor=3, end_to_end_factor=1, distill_alpha=0.9
     ),
+    "transfer+e2elayersall+distill": FinetuneArm(
+        from_teacher=True, transfer_factor=3, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
+    ),
+    "transfer-lr3e-3+e2elayersall+distill": FinetuneArm(
+        from_teacher=True,
+        transfer_factor=3,
+        end_to_end_factor=1,
+        transfer=(("learning_rate", 3e-3), *E2E_LAYERS_ALL),
+    ),
+    "transfer-short+e2elayersall+distill": FinetuneArm(
+        from_teacher=True, transfer_factor=1, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
+    ),
 }
-KEY_FINETUNE_ARMS = ("plain", "distill", "transfer+distill", "transfer+e2e+distill")
+KEY_FINETUNE_ARMS = ("plain", "distill", "transfer+e2e+distill", "transfer+e2elayersall+distill")
 TASKS = ("cola", "mrpc", "sst2")
 # run_glue's distillation temperature (hf_lln.recipes.glue.teacher.DEFAULTS), pinned here since that module cannot
 # be imported without `datasets`.
@@ -165,6 +230,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--glue_dir", type=Path, required=True, help="GLUE TSV folder (CoLA, MRPC, SST-2)")
     parser.add_argument("--text", help="transfer text for the zero-shot part (default: the bundled corpus)")
+    parser.add_argument(
+        "--long_text",
+        help="held-out text file: the zero-shot part also scores its first --sentences paragraphs of 64+ words, "
+        "at up to 512 tokens (where the transfer text and SST-2's sentences are short)",
+    )
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument(
         "--parts", nargs="+", choices=("zeroshot", "finetune"), default=("zeroshot", "finetune")
@@ -288,10 +358,11 @@ def zero_shot_arm(context: Context, variant: str, arm: str, seed: int) -> dict:
     scale, args = context.scale, context.args
     tokenizer = AutoTokenizer.from_pretrained(context.model)
     sentences = [text for (text,) in read_task(args.glue_dir, "sst2", "dev")[0][: args.sentences]]
-    eval_batches = [
-        tokenizer(sentences[i : i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        for i in range(0, len(sentences), 64)
-    ]
+    evaluations = {"cosine": eval_batches(tokenizer, sentences, 128)}
+    if args.long_text:
+        lines = Path(args.long_text).read_text(encoding="utf-8").splitlines()
+        paragraphs = [line.strip() for line in lines if len(line.split()) >= 64][: args.sentences]
+        evaluations["long_cosine"] = eval_batches(tokenizer, paragraphs, 512)
     teacher = AutoModel.from_pretrained(context.model, attn_implementation="sdpa", dtype=torch.float32)
     student = AutoModel.from_pretrained(context.model, attn_implementation=variant, dtype=torch.float32)
     teacher.to(context.device).eval()
@@ -304,22 +375,32 @@ def zero_shot_arm(context: Context, variant: str, arm: str, seed: int) -> dict:
         batches = text_batches(
             source.texts,
             tokenizer,
-            batch_size=scale.transfer_batch,
-            max_length=scale.transfer_max_length,
+            batch_size=settings.batch_size,
+            max_length=settings.max_length,
             seed=seed,
+            mixed_lengths=settings.mixed_lengths,
         )
         report = transfer_attention(
             teacher, student, batches, settings, accelerator=context.accelerator(), source=source.description
         )
         result["transfer"] = report.to_dict()
     result["transfer_seconds"] = time.perf_counter() - start
-    cosine = F.cosine_similarity(
-        pooled_embeddings(student, eval_batches, context),
-        pooled_embeddings(teacher, eval_batches, context),
-        dim=-1,
-    )
-    result.update(cosine_mean=cosine.mean().item(), cosine_min=cosine.min().item())
+    for name, batches in evaluations.items():
+        cosine = F.cosine_similarity(
+            pooled_embeddings(student, batches, context), pooled_embeddings(teacher, batches, context), dim=-1
+        )
+        result.update({f"{name}_mean": cosine.mean().item(), f"{name}_min": cosine.min().item()})
     return result
+
+
+def eval_batches(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """``texts`` tokenized in batches of 32, truncated to ``max_length`` tokens."""
+    return [
+        tokenizer(
+            texts[i : i + 32], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        for i in range(0, len(texts), 32)
+    ]
 
 
 def train_classifier(
@@ -436,7 +517,10 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
         if spec.transfer_factor:
             steps = context.scale.task_transfer_steps
             settings = TransferSettings(
-                steps=spec.transfer_factor * steps, end_to_end_steps=spec.end_to_end_factor * steps, seed=seed
+                steps=spec.transfer_factor * steps,
+                end_to_end_steps=spec.end_to_end_factor * steps,
+                seed=seed,
+                **{**BASE, **dict(spec.transfer)},
             )
             start = time.perf_counter()
             report = transfer_attention(
@@ -537,8 +621,9 @@ def report(output_dir: Path) -> str:
         lines += [
             "## Zero-shot: pretrained MiniLM, mean cosine of pooled embeddings to softmax (SST-2 dev)",
             "",
-            "| variant | arm | cosine mean (×100) | cosine min (×100) | layer loss after / before | transfer s |",
-            "|---|---|---:|---:|---:|---:|",
+            "| variant | arm | cosine mean (×100) | cosine min (×100) | long-text cosine mean (×100) | "
+            "layer loss after / before | transfer s |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         order = list(ZERO_SHOT_ARMS)
         keys = sorted(
@@ -554,7 +639,9 @@ def report(output_dir: Path) -> str:
             ]
             lines.append(
                 f"| {variant} | {arm} | {_stats([100 * r['cosine_mean'] for r in rows])} | "
-                f"{_stats([100 * r['cosine_min'] for r in rows])} | {_stats(ratio) if ratio else ''} | "
+                f"{_stats([100 * r['cosine_min'] for r in rows])} | "
+                f"{_stats([100 * r['long_cosine_mean'] for r in rows if 'long_cosine_mean' in r])} | "
+                f"{_stats(ratio) if ratio else ''} | "
                 f"{statistics.mean(r['transfer_seconds'] for r in rows):.0f} |"
             )
     fine = _load(output_dir / "finetune")

@@ -14,6 +14,8 @@ Modules: ``texts`` (text sources, batches), ``matching`` (one layer of teacher a
 
 from hf_lln.transfer.distill import distillation_loss
 from hf_lln.transfer.loop import (
+    END_TO_END_LOSSES,
+    END_TO_END_TRAIN,
     TransferReport,
     TransferSettings,
     check_models,
@@ -25,6 +27,8 @@ from hf_lln.transfer.params import TRAIN_MODES, attention_parameters
 from hf_lln.transfer.texts import TextSource, load_texts, text_batches
 
 __all__ = [
+    "END_TO_END_LOSSES",
+    "END_TO_END_TRAIN",
     "LOSSES",
     "TRAIN_MODES",
     "TextSource",

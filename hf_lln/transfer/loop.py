@@ -15,9 +15,10 @@ the accelerator's gradient scaler). The models are moved to the accelerator's de
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -41,6 +42,8 @@ from hf_lln.variants import ATTENTION_VARIANTS, SOFTMAX_IMPLEMENTATIONS
 # the stock families and their LLN classes
 MODEL_TYPES = (*LLN_MODEL_TYPES, *LLN_MODEL_TYPES.values())
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+END_TO_END_LOSSES = ("final", "layers", "pooled")
+END_TO_END_TRAIN = ("attention", "all")
 
 
 @dataclass(frozen=True)
@@ -53,29 +56,39 @@ class TransferSettings:
     ``loss``: layer loss, ``"weights"`` (KL of the attention rows), ``"output"`` (relative squared error of the
     attention output), ``"both"``, or ``"auto"``: weights where the variant has one attention distribution per
     row, else output (``hf_lln.transfer.matching.resolve_loss``; the report holds the one used);
+    ``end_to_end_loss``: what the end-to-end stage matches (``END_TO_END_LOSSES``): ``"final"`` the final hidden
+    states, ``"layers"`` every layer's output (the student on its own hidden states throughout), ``"pooled"`` the
+    final hidden states plus ``1 - cosine`` of their mean-pooled sentence embeddings; ``end_to_end_train``:
+    ``"attention"`` (the ``train`` parameters) or ``"all"`` (every encoder-layer parameter);
+    ``end_to_end_learning_rate``: that stage's peak rate (None: ``learning_rate``);
     ``max_grad_norm``: per-layer clipping (0 disables); ``eval_batches``: the first N batches, on which the
     losses before and after are measured (they are trained on too, as the stream cycles); ``seed``: LoRA init
-    and the order of a text source's batches; ``batch_size``, ``max_length``: texts per batch and tokens per text
-    where the batches are cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches
-    handed over ready (a GLUE run's) are used as they are.
+    and the order of a text source's batches; ``batch_size``, ``max_length``, ``mixed_lengths``: texts per batch,
+    tokens per text, and whether every other batch holds twice the texts at half the length, where the batches are
+    cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches handed over ready (a GLUE
+    run's) are used as they are.
 
     Every default of attention transfer is here (``hf_lln.recipes.glue.teacher.DEFAULTS`` adds the fine-tuned
-    conversion's own). They are the study's ``qk-weights-e2e`` arm (docs/quality.md): on the real MiniLM it lifts
-    the mean embedding cosine to softmax's from 0.50 to 0.92 (LLN) and from 0.86 to 0.97 (LLN+Diag); three times
-    the steps gain under 0.02 more.
+    conversion's own), from the study in docs/quality.md (arm ``qk-weights-e2elayersall-mixed-lr3e-3``): on the
+    real MiniLM they lift the mean embedding cosine to softmax's on SST-2 sentences from 0.50 to 0.950 (LLN) and
+    from 0.86 to 0.979 (LLN+Diag), and on 512-token WikiText paragraphs from 0.31 to 0.932 and from 0.65 to 0.968.
     """
 
     steps: int = 600
     end_to_end_steps: int = 200
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     train: str = "qk"
     lora_rank: int = 8
     loss: str = "auto"
+    end_to_end_loss: str = "layers"
+    end_to_end_train: str = "all"
+    end_to_end_learning_rate: float | None = 1e-4
     max_grad_norm: float = 1.0
     eval_batches: int = 4
     seed: int = 0
     batch_size: int = 32
     max_length: int = 128
+    mixed_lengths: bool = True
 
     def __post_init__(self):
         for name in (
@@ -93,16 +106,36 @@ class TransferSettings:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if self.steps + self.end_to_end_steps == 0:
             raise ValueError("steps and end_to_end_steps are both 0: there is nothing to train")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) or (
-            self.learning_rate <= 0
-        ):
-            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
+        for name in ("learning_rate", "end_to_end_learning_rate"):
+            value = getattr(self, name)
+            if value is None and name == "end_to_end_learning_rate":
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if not isinstance(self.mixed_lengths, bool):
+            raise ValueError(f"mixed_lengths must be True or False, got {self.mixed_lengths!r}")
+        if self.mixed_lengths and self.max_length < 2:
+            raise ValueError(
+                f"mixed_lengths halves max_length, which must then be >= 2, got {self.max_length}"
+            )
         if not isinstance(self.max_grad_norm, (int, float)) or self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be a number >= 0, got {self.max_grad_norm!r}")
         if self.train not in TRAIN_MODES:
             raise ValueError(f"train must be one of {', '.join(map(repr, TRAIN_MODES))}; got {self.train!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}; got {self.loss!r}")
+        for name, choices in (
+            ("loss", LOSSES),
+            ("end_to_end_loss", END_TO_END_LOSSES),
+            ("end_to_end_train", END_TO_END_TRAIN),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, choices))}; got {getattr(self, name)!r}"
+                )
 
 
 @dataclass
@@ -135,19 +168,26 @@ class TransferReport:
     def summary(self) -> str:
         """A paragraph and the table, for a model card."""
         s = self.settings
-        stages = " and ".join(
-            ([f"{s.steps} layer-by-layer steps (loss: {s.loss})"] if s.steps else [])
-            + (
-                [f"{s.end_to_end_steps} end-to-end steps on the final hidden states"]
-                if s.end_to_end_steps
-                else []
+        trained = f"`{s.train}`" + (f" (rank {s.lora_rank})" if s.train == "lora" else "")
+        stages = []
+        if s.steps:
+            stages.append(
+                f"{s.steps} layer-by-layer steps (loss: {s.loss}) training the attention parameters {trained} "
+                f"with learning rate {s.learning_rate:g}"
             )
-        )
-        trained = f"{s.train}" + (f" (rank {s.lora_rank})" if s.train == "lora" else "")
+        if s.end_to_end_steps:
+            matched = {"final": "final hidden states", "layers": "every layer's hidden states"}.get(
+                s.end_to_end_loss, "final hidden states and pooled embeddings"
+            )
+            params = trained if s.end_to_end_train == "attention" else "every encoder-layer parameter"
+            stages.append(
+                f"{s.end_to_end_steps} end-to-end steps on the {matched}, training {params} with learning rate "
+                f"{s.end_to_end_learning_rate or s.learning_rate:g}"
+            )
         return (
-            f"Attention transferred from the softmax model: {stages}, training the attention parameters "
-            f"`{trained}` with learning rate {s.learning_rate:g}, on {self.source or 'the given batches'}. "
-            f"Measured on the first {s.eval_batches} batches, before and after:\n\n{self.table()}"
+            f"Attention transferred from the softmax model: {', then '.join(stages)}; on "
+            f"{self.source or 'the given batches'}. Measured on the first {s.eval_batches} batches, before and "
+            f"after:\n\n{self.table()}"
         )
 
     def to_dict(self) -> dict:
@@ -242,6 +282,21 @@ class _Run:
         with self.accelerator.autocast():
             return self.student.base_model(**inputs).last_hidden_state
 
+    def end_to_end_loss(self, inputs) -> torch.Tensor:
+        """The ``settings.end_to_end_loss`` of the student, run on its own hidden states, against the teacher."""
+        target = self.teacher_pass(inputs)
+        mask = inputs["attention_mask"].bool()
+        kind = self.settings.end_to_end_loss
+        with self.accelerator.autocast():
+            output = self.student.base_model(**inputs, output_hidden_states=kind == "layers")
+        if kind == "layers":  # hidden_states[0], the embeddings' output, is the same in both models
+            pairs = zip(output.hidden_states[1:], target[1:], strict=True)
+            return torch.stack([hidden_loss(student, teacher, mask) for student, teacher in pairs]).mean()
+        loss = hidden_loss(output.last_hidden_state, target[-1], mask)
+        if kind == "pooled":
+            loss = loss + 1 - pooled_cosine(output.last_hidden_state, target[-1], mask)
+        return loss
+
     @torch.no_grad()
     def evaluate(self, batches) -> tuple[list[float], float, float]:
         """Mean per-layer losses, final hidden-state error and pooled cosine over ``batches``."""
@@ -256,11 +311,19 @@ class _Run:
         count = len(batches)
         return (layers / count).tolist(), hidden / count, cosine / count
 
-    def optimise(self, params: list[list[torch.Tensor]], steps: int, stream, loss_fn, description: str):
+    def optimise(
+        self,
+        params: list[list[torch.Tensor]],
+        steps: int,
+        learning_rate: float,
+        stream,
+        loss_fn,
+        description: str,
+    ):
         """``steps`` AdamW steps of ``loss_fn(inputs) -> list of per-group losses`` (one group per entry of
         ``params``, each clipped on its own); a tqdm bar shows each group's loss."""
         optimizer = torch.optim.AdamW(
-            [{"params": group} for group in params], lr=self.settings.learning_rate, weight_decay=0.0
+            [{"params": group} for group in params], lr=learning_rate, weight_decay=0.0
         )
         scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
         scaler = self.accelerator.scaler
@@ -282,6 +345,24 @@ class _Run:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix_str(" ".join(f"{i}:{loss.item():.4f}" for i, loss in enumerate(losses)))
+
+
+@contextlib.contextmanager
+def end_to_end_parameters(layers: list[torch.nn.Module], settings: TransferSettings) -> Iterator[list]:
+    """The parameters the end-to-end stage trains (one flat list), ``requires_grad`` restored on leaving."""
+    if settings.end_to_end_train == "attention":
+        with attention_parameters(layers, settings.train, settings.lora_rank) as params:
+            yield [param for group in params for param in group]
+        return
+    params = [param for layer in layers for param in layer.parameters()]
+    flags = [param.requires_grad for param in params]
+    try:
+        for param in params:
+            param.requires_grad_(True)
+        yield params
+    finally:
+        for param, flag in zip(params, flags, strict=True):
+            param.requires_grad_(flag)
 
 
 def transfer_attention(
@@ -323,23 +404,20 @@ def transfer_attention(
                 run.optimise(
                     params,
                     settings.steps,
+                    settings.learning_rate,
                     stream,
                     lambda inputs: run.layer_losses(inputs, run.teacher_pass(inputs)),
                     "attention transfer (loss per layer)",
                 )
-            if settings.end_to_end_steps:
-
-                def end_to_end(inputs):
-                    target = run.teacher_pass(inputs)[-1]
-                    mask = inputs["attention_mask"].bool()
-                    return [hidden_loss(run.student_hidden(inputs), target, mask)]
-
+        if settings.end_to_end_steps:
+            with end_to_end_parameters(layers, settings) as params:
                 run.optimise(
-                    [[p for group in params for p in group]],
+                    [params],
                     settings.end_to_end_steps,
+                    settings.end_to_end_learning_rate or settings.learning_rate,
                     stream,
-                    end_to_end,
-                    "end-to-end transfer (final hidden states)",
+                    lambda inputs: [run.end_to_end_loss(inputs)],
+                    f"end-to-end transfer ({settings.end_to_end_loss})",
                 )
         after = run.evaluate(held)
     finally:

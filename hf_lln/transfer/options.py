@@ -16,7 +16,13 @@ from accelerate import Accelerator
 from transformers import AutoModel
 
 from hf_lln.models.configuration_lln import is_lln_config
-from hf_lln.transfer.loop import TransferReport, TransferSettings, transfer_attention
+from hf_lln.transfer.loop import (
+    END_TO_END_LOSSES,
+    END_TO_END_TRAIN,
+    TransferReport,
+    TransferSettings,
+    transfer_attention,
+)
 from hf_lln.transfer.matching import LOSSES
 from hf_lln.transfer.params import TRAIN_MODES
 from hf_lln.transfer.texts import TextSource, load_texts, text_batches
@@ -27,13 +33,33 @@ MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 # flag (without "--") -> (TransferSettings field, type or choices, help)
 SETTING_FLAGS = {
     "transfer_steps": ("steps", int, "layer-by-layer steps"),
-    "transfer_end_to_end_steps": ("end_to_end_steps", int, "then steps on the final hidden states"),
-    "transfer_lr": ("learning_rate", float, "peak learning rate"),
+    "transfer_end_to_end_steps": (
+        "end_to_end_steps",
+        int,
+        "then steps matching the hidden states end to end",
+    ),
+    "transfer_lr": ("learning_rate", float, "peak learning rate of the layer-by-layer steps"),
     "transfer_batch_size": ("batch_size", int, "texts per batch"),
     "transfer_max_length": ("max_length", int, "tokens per text"),
-    "transfer_train": ("train", TRAIN_MODES, "attention parameters to train"),
+    "transfer_train": ("train", TRAIN_MODES, "attention parameters the layer-by-layer steps train"),
     "transfer_lora_rank": ("lora_rank", int, "rank of --transfer_train lora"),
     "transfer_loss": ("loss", LOSSES, "layer loss"),
+    "transfer_end_to_end_loss": ("end_to_end_loss", END_TO_END_LOSSES, "what the end-to-end steps match"),
+    "transfer_end_to_end_train": (
+        "end_to_end_train",
+        END_TO_END_TRAIN,
+        "parameters the end-to-end steps train",
+    ),
+    "transfer_end_to_end_lr": (
+        "end_to_end_learning_rate",
+        float,
+        "peak learning rate of the end-to-end steps",
+    ),
+    "transfer_mixed_lengths": (
+        "mixed_lengths",
+        bool,
+        "every other batch: twice the texts at half the length",
+    ),
     "transfer_seed": ("seed", int, "text order and LoRA init"),
 }
 
@@ -83,6 +109,7 @@ def transfer_converted(
         batch_size=settings.batch_size,
         max_length=settings.max_length,
         seed=settings.seed,
+        mixed_lengths=settings.mixed_lengths,
     )
     return transfer_attention(
         teacher,
@@ -91,8 +118,13 @@ def transfer_converted(
         settings,
         accelerator=Accelerator(mixed_precision=transfer.mixed_precision),
         source=(
-            f"{texts.description} in batches of {settings.batch_size} texts of at most "
-            f"{settings.max_length} tokens"
+            f"{texts.description} in batches of {settings.batch_size} texts of at most {settings.max_length} tokens"
+            + (
+                f", alternating with batches of {2 * settings.batch_size} texts of at most "
+                f"{settings.max_length // 2}"
+                if settings.mixed_lengths
+                else ""
+            )
         ),
     )
 
@@ -121,12 +153,16 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_flags(group, flags: dict[str, tuple], defaults: dict[str, object]) -> None:
-    """One flag ``--NAME`` per entry ``NAME: (type or tuple of choices, help)`` of ``flags``, left None when not
-    given (so that a run can tell what was asked for); its help ends with ``defaults[NAME]``, the value used then."""
+    """One flag ``--NAME`` per entry ``NAME: (kind, help)`` of ``flags``, ``kind`` a type, a tuple of choices, or
+    ``bool`` for ``--NAME/--no-NAME``; left None when not given (so that a run can tell what was asked for); its
+    help ends with ``defaults[NAME]``, the value used then."""
     for flag, (kind, text) in flags.items():
-        typed = (
-            {"choices": kind} if isinstance(kind, tuple) else {"type": kind, "metavar": kind.__name__.upper()}
-        )
+        if kind is bool:
+            typed = {"action": argparse.BooleanOptionalAction}
+        elif isinstance(kind, tuple):
+            typed = {"choices": kind}
+        else:
+            typed = {"type": kind, "metavar": kind.__name__.upper()}
         default = defaults[flag]
         shown = f"{default:g}" if isinstance(default, float) else default
         group.add_argument(f"--{flag}", **typed, help=f"{text} (default {shown})")

@@ -7,6 +7,8 @@
 - ``temperature``: one learnable scale per head on the queries (``q_h -> exp(t_h) q_h``, ``t_h`` starts at 0),
   multiplied into the query weights and bias at the end. Moment matching ties LLN's sharpness to the queries'
   spread, so this is LLN's temperature; for LLN+Diag it sharpens the diagonal blocks too.
+- ``qk_temperature``: ``qk`` and the per-head temperature: the temperature moves a head's sharpness in one step
+  where AdamW would take many to rescale a whole query matrix.
 
 The learnable LLN+Diag mix weights (``lln_mix``), where the model has them, are trained in every mode. The extra
 tensors are ``torch.nn.utils.parametrize`` parametrizations, removed (their value kept) when training ends, so
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-TRAIN_MODES = ("qk", "qkvo", "lora", "temperature")
+TRAIN_MODES = ("qk", "qkvo", "lora", "temperature", "qk_temperature")
 
 
 class LowRankUpdate(nn.Module):
@@ -76,7 +78,10 @@ def _layer_parameters(layer: nn.Module, mode: str, lora_rank: int) -> list[nn.Pa
             update = LowRankUpdate(linear.weight, lora_rank)
             parametrize.register_parametrization(linear, "weight", update)
             params += [update.down, update.up]
-    else:
+    else:  # "temperature", "qk_temperature"
+        params = (
+            [p for linear in _projections(layer, "qk") for p in linear.parameters()] if mode[0] == "q" else []
+        )
         self_attention = layer.attention.self
         scale = HeadScale(
             self_attention.num_attention_heads,
@@ -85,7 +90,7 @@ def _layer_parameters(layer: nn.Module, mode: str, lora_rank: int) -> list[nn.Pa
         )
         for name in ("weight", "bias"):
             parametrize.register_parametrization(self_attention.query, name, scale)
-        params = [scale.log_scale]
+        params.append(scale.log_scale)
     mix = getattr(layer.attention.self, "lln_mix", None)
     return params + (list(mix.parameters()) if mix is not None else [])
 

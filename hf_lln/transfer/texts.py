@@ -99,18 +99,50 @@ def _tokenize(texts: list[str], *, tokenizer, max_length: int) -> dict[str, torc
     return dict(tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
 
 
+class AlternatingBatches:
+    """Re-iterable: a batch of each loader in turn, for as long as the shortest lasts."""
+
+    def __init__(self, *loaders: DataLoader):
+        self.loaders = loaders
+
+    def __iter__(self):
+        for group in zip(*self.loaders, strict=False):
+            yield from group
+
+    def __len__(self) -> int:
+        return len(self.loaders) * min(len(loader) for loader in self.loaders)
+
+
 def text_batches(
-    texts: list[str], tokenizer, *, batch_size: int, max_length: int, seed: int = 0
-) -> DataLoader:
+    texts: list[str],
+    tokenizer,
+    *,
+    batch_size: int,
+    max_length: int,
+    seed: int = 0,
+    mixed_lengths: bool = False,
+) -> DataLoader | AlternatingBatches:
     """A re-iterable loader of ``{input_ids, attention_mask[, token_type_ids]}: (batch, seq)`` batches, each text
-    one sequence truncated to ``max_length`` and padded to the batch's longest; order shuffled from ``seed``."""
+    one sequence truncated to ``max_length`` and padded to the batch's longest; order shuffled from ``seed``.
+    ``mixed_lengths``: every other batch holds twice the texts cut to half the length (the same tokens per batch),
+    so that the model sees sentence-length inputs as well as long ones."""
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return DataLoader(
-        texts,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=functools.partial(_tokenize, tokenizer=tokenizer, max_length=max_length),
+    if mixed_lengths and max_length < 2:
+        raise ValueError(f"mixed_lengths halves max_length, which must then be >= 2, got {max_length}")
+
+    def loader(size: int, length: int, order: int) -> DataLoader:
+        return DataLoader(
+            texts,
+            batch_size=size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(order),
+            collate_fn=functools.partial(_tokenize, tokenizer=tokenizer, max_length=length),
+        )
+
+    if not mixed_lengths:
+        return loader(batch_size, max_length, seed)
+    return AlternatingBatches(
+        loader(batch_size, max_length, seed), loader(2 * batch_size, max_length // 2, seed + 1)
     )

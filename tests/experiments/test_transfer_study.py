@@ -63,3 +63,22 @@ def test_both_parts_run_resume_and_report(tiny_bert, tmp_path, capsys):
     capsys.readouterr()
     assert transfer_study.main(flags) == 0  # a rerun skips every finished arm
     assert "done" not in capsys.readouterr().out
+
+
+def test_arms_keep_their_settings_and_the_default_arm_is_the_library_default():
+    """Arms pin the settings the study began with, whatever TransferSettings' defaults become; the arm the docs
+    call the default is TransferSettings() itself (at the GPU scale the study ran)."""
+    from hf_lln.transfer import TransferSettings
+
+    gpu = transfer_study.SCALES["gpu"]
+    first = transfer_study.zero_shot_settings("qk-weights-e2e", gpu, seed=0)
+    assert (first.learning_rate, first.end_to_end_loss, first.end_to_end_train, first.mixed_lengths) == (
+        1e-3,
+        "final",
+        "attention",
+        False,
+    )
+    default = transfer_study.zero_shot_settings("qk-weights-e2elayersall-mixed-lr3e-3", gpu, seed=0)
+    assert default == TransferSettings(
+        loss="weights"
+    )  # "auto" resolves to the weight loss for LLN and LLN+Diag

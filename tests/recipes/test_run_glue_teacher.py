@@ -117,9 +117,11 @@ def test_end_to_end_transfer_alone(teacher, tmp_path):
         tmp_path,
         f"--teacher_model_name_or_path {teacher} --task_name mrpc --glue_dir {FIXTURES}",
         "--attn_implementation lln --max_train_steps 2 --transfer_steps 0 --transfer_end_to_end_steps 3",
+        "--transfer_end_to_end_loss final --transfer_end_to_end_train attention --transfer_end_to_end_learning_rate 2e-3",
     )
     card = (tmp_path / "README.md").read_text()
-    assert "layer-by-layer" not in card and "3 end-to-end steps on the final hidden states" in card
+    assert "layer-by-layer" not in card
+    assert "3 end-to-end steps on the final hidden states, training `qk` with learning rate 0.002" in card
 
 
 @pytest.mark.parametrize(
@@ -134,6 +136,10 @@ def test_end_to_end_transfer_alone(teacher, tmp_path):
             "'cheap_linear' has none",
         ),
         ("--task_name mrpc --attn_implementation lln --distill_alpha 1.5", "--distill_alpha must be in"),
+        (
+            "--task_name mrpc --attn_implementation lln --transfer_end_to_end_learning_rate 0",
+            "--transfer_end_to_end_learning_rate must be > 0",
+        ),
     ],
 )
 def test_bad_teacher_setups_fail_before_any_work(teacher, tmp_path, flags, match):
