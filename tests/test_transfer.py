@@ -155,6 +155,7 @@ def test_end_to_end_stage_lowers_the_final_hidden_state_error(loss, train):
     """Every end-to-end loss brings the final hidden states closer; ``all`` trains the feed-forward blocks too,
     ``attention`` only the ``train`` projections; the embeddings never move."""
     teacher, student = tiny_pair("lln")
+    student.pooler.requires_grad_(False)  # a user's choice, kept
     start = {name: param.detach().clone() for name, param in student.named_parameters()}
     settings = TransferSettings(
         steps=0,
@@ -184,7 +185,11 @@ def test_end_to_end_stage_lowers_the_final_hidden_state_error(loss, train):
     feed_forward -= attention
     assert moved >= attention and (moved >= feed_forward if train == "all" else moved == attention)
     assert not any(name.startswith("embeddings.") for name in moved)
-    assert all(param.requires_grad for param in student.parameters())
+    # nothing left behind for the user's next optimizer step to add to its own gradients
+    assert all(param.grad is None for param in student.parameters())
+    assert {name for name, param in student.named_parameters() if not param.requires_grad} == {
+        name for name in start if name.startswith("pooler.")
+    }
 
 
 def test_layers_loss_is_the_mean_error_of_every_layer_output():

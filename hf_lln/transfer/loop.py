@@ -391,16 +391,19 @@ def transfer_attention(
     stream = (_model_inputs(batch, device) for batch in _cycle(batches))
     held = list(itertools.islice(stream, settings.eval_batches))
     teacher_was_training, student_was_training = teacher.training, student.training
+    # Only the parameters a stage trains take gradients: any other (the embeddings) would pile up a .grad that no
+    # optimizer here clears, and that the user's next training step would add to its own.
+    student_requires_grad = {param: param.requires_grad for param in student.parameters()}
     # Dropout off in both: the student fits a deterministic function of the teacher (frozen for good).
     teacher.to(device).eval().requires_grad_(False)
-    student.to(device).eval()
+    student.to(device).eval().requires_grad_(False)
     run = _Run(teacher, student, settings, accelerator)
     layers = list(encoder_layers(student))
     torch.manual_seed(settings.seed)
     try:
         before = run.evaluate(held)
-        with attention_parameters(layers, settings.train, settings.lora_rank) as params:
-            if settings.steps:
+        if settings.steps:
+            with attention_parameters(layers, settings.train, settings.lora_rank) as params:
                 run.optimise(
                     params,
                     settings.steps,
@@ -423,6 +426,8 @@ def transfer_attention(
     finally:
         teacher.train(teacher_was_training)
         student.train(student_was_training)
+        for param, requires_grad in student_requires_grad.items():
+            param.requires_grad_(requires_grad)
     report = TransferReport(settings, before[0], after[0], before[1], after[1], before[2], after[2], source)
     if accelerator.is_local_main_process:
         print(report.table())
