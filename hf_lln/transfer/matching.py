@@ -24,14 +24,12 @@ LOSSES = ("auto", "weights", "output", "both")
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def split_heads(self_attention: torch.nn.Module, hidden: torch.Tensor):
-    """``hidden: (batch, seq, hidden)`` -> ``q, k, v: (batch, heads, seq, head_dim)`` of a ``BertSelfAttention`` or
-    ``RobertaSelfAttention``."""
+def split_heads(self_attention: torch.nn.Module, hidden: torch.Tensor, names: str = "qkv"):
+    """``hidden: (batch, seq, hidden)`` -> the projections ``names`` (of ``q``, ``k``, ``v``), each ``(batch, heads,
+    seq, head_dim)``, of a ``BertSelfAttention`` or ``RobertaSelfAttention``."""
     shape = (*hidden.shape[:-1], -1, self_attention.attention_head_size)
-    return tuple(
-        projection(hidden).view(shape).transpose(1, 2)
-        for projection in (self_attention.query, self_attention.key, self_attention.value)
-    )
+    projections = {"q": self_attention.query, "k": self_attention.key, "v": self_attention.value}
+    return tuple(projections[name](hidden).view(shape).transpose(1, 2) for name in names)
 
 
 def _merge_heads(context: torch.Tensor) -> torch.Tensor:
@@ -50,11 +48,12 @@ def teacher_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.
     ``(batch, seq, hidden)`` and attention probabilities ``(batch, heads, seq, seq)``, float32, each None when
     ``loss`` does not use it. ``hidden: (batch, seq, hidden)`` the layer's input; ``mask: (batch, seq)`` bool."""
     self_attention = layer.attention.self
-    q, k, v = split_heads(self_attention, hidden)
+    needs_output = loss in ("output", "both")
+    q, k, *v = split_heads(self_attention, hidden, "qkv" if needs_output else "qk")
     probs = softmax_probs(q, k, mask, self_attention.scaling)
     output = None
-    if loss in ("output", "both"):
-        context = (probs @ v.float()).transpose(1, 2)
+    if needs_output:
+        context = (probs @ v[0].float()).transpose(1, 2)
         output = layer.attention.output.dense(_merge_heads(context).to(hidden.dtype)).float()
     return output, probs if loss in ("weights", "both") else None
 
@@ -64,11 +63,12 @@ def student_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.
     hidden)`` through its own attention function and the log of its attention matrix ``(batch, heads, seq,
     seq)``, float32, each None when ``loss`` does not use it."""
     self_attention = layer.attention.self
-    q, k, v = split_heads(self_attention, hidden)
+    needs_output = loss in ("output", "both")
+    q, k, *v = split_heads(self_attention, hidden, "qkv" if needs_output else "qk")
     output = log_probs = None
-    if loss in ("output", "both"):
+    if needs_output:
         attention = ATTENTION_FUNCTIONS[self_attention.config._attn_implementation]
-        context, _ = attention(self_attention, q, k, v, mask, scaling=self_attention.scaling, dropout=0.0)
+        context, _ = attention(self_attention, q, k, v[0], mask, scaling=self_attention.scaling, dropout=0.0)
         output = layer.attention.output.dense(_merge_heads(context)).float()
     if loss in ("weights", "both"):
         log_probs = student_log_probs(self_attention, q, k, mask)
