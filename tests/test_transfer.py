@@ -340,7 +340,8 @@ def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
         "30 layer-by-layer steps (loss: weights)" in card and "`qk`" in card and "the file texts.txt" in card
     )
     assert (
-        "in batches of 4 texts of at most 16 tokens, alternating with batches of 8 texts of at most 8" in card
+        "in batches of 4 texts of at most 16 tokens, alternating with batches of 8 texts of at most 8 tokens"
+        in card
     )
     assert "| final hidden states, error |" in card
     assert "Then its attention parameters were trained" in card

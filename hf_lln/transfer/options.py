@@ -121,7 +121,7 @@ def transfer_converted(
             f"{texts.description} in batches of {settings.batch_size} texts of at most {settings.max_length} tokens"
             + (
                 f", alternating with batches of {2 * settings.batch_size} texts of at most "
-                f"{settings.max_length // 2}"
+                f"{settings.max_length // 2} tokens"
                 if settings.mixed_lengths
                 else ""
             )

@@ -80,7 +80,9 @@ def _layer_parameters(layer: nn.Module, mode: str, lora_rank: int) -> list[nn.Pa
             params += [update.down, update.up]
     else:  # "temperature", "qk_temperature"
         params = (
-            [p for linear in _projections(layer, "qk") for p in linear.parameters()] if mode[0] == "q" else []
+            [p for linear in _projections(layer, "qk") for p in linear.parameters()]
+            if mode == "qk_temperature"
+            else []
         )
         self_attention = layer.attention.self
         scale = HeadScale(
