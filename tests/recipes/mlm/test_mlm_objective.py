@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from transformers import (
 
 from hf_lln import LLNBertConfig, LLNBertForMaskedLM, LLNRobertaConfig, LLNRobertaForMaskedLM
 from hf_lln.recipes.mlm import MaskedLanguageModeling, masked_lm_loss
+from tests._distributed import join_gloo_group
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +186,10 @@ def test_a_model_without_masked_lm_head_is_named(tokenizer):
         masked_lm_loss(model, inputs)
 
 
-def _ddp_gradients(rank: int, port: int, folder: str) -> None:
+def _ddp_gradients(rank: int, folder: str) -> None:
     """One of two gloo processes: ``masked_lm_loss`` through the accelerate-prepared (DDP) model, backward,
     the gradients saved."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        OMP_NUM_THREADS="1",
-    )
+    join_gloo_group(rank, 2, folder)
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(float64_model("lln_roberta"))
     assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
@@ -214,10 +206,7 @@ def test_ddp_averages_the_masked_positions_gradients_over_processes(tmp_path, to
     objective = MaskedLanguageModeling(tokenizer, 0.15, seed=0)
     inputs = [objective.mask(batch_of(tokenizer, rows=3, length=40)) for _ in range(2)]
     torch.save(inputs, tmp_path / "inputs.pt")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_gradients, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_gradients, args=(str(tmp_path),), nprocs=2, join=True)
 
     # reference: each process's batch on its own, gradients averaged (what DDP's all-reduce gives)
     per_process = []

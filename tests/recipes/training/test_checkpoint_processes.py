@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -11,23 +9,11 @@ import torch
 import torch.multiprocessing as mp
 
 from hf_lln.recipes.training.checkpoint import STATE_FILE, TrainingProgress, save_checkpoint
+from tests._distributed import join_gloo_group
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _write_checkpoint(rank: int, world_size: int, port: int, output_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        OMP_NUM_THREADS="1",
-    )
+def _write_checkpoint(rank: int, world_size: int, output_dir: str) -> None:
+    join_gloo_group(rank, world_size, output_dir)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
@@ -40,7 +26,7 @@ def _write_checkpoint(rank: int, world_size: int, port: int, output_dir: str) ->
 
 
 def test_a_slow_process_still_writes_into_the_renamed_checkpoint(tmp_path):
-    mp.spawn(_write_checkpoint, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_write_checkpoint, args=(2, str(tmp_path)), nprocs=2, join=True)
     checkpoint = tmp_path / "step_3"
     assert (checkpoint / STATE_FILE).is_file()
     assert (checkpoint / "random_states_0.pkl").is_file()
