@@ -57,17 +57,45 @@ def test_zero_cost_attention_ignores_queries_and_keys(script):
     assert not torch.allclose(changed, before)
 
 
-def test_table_sets_every_attention_against_the_zero_cost_step(script, monkeypatch, capsys):
-    argv = [*TINY_TABLE, "--attn_implementations", "lln", "sdpa", "zero_cost"]
+def test_zero_cost_qk_attention_is_zero_cost_with_zero_query_and_key_gradients(script):
+    """The same outputs as ``zero_cost``; the query and key projections get a gradient (of zeros), the values their
+    real one."""
+    outputs, grads = [], []
+    for attention in (script.ZERO_COST, script.ZERO_COST_QK):
+        config = config_for_attention(preset_config("lln-roberta-tiny"), attention)
+        torch.manual_seed(0)
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention).eval()
+        logits = model(input_ids=torch.randint(5, config.vocab_size, (2, 16))).logits
+        logits.square().mean().backward()
+        self_attention = model.roberta.encoder.layer[0].attention.self
+        outputs.append(logits.detach())
+        grads.append([getattr(self_attention, name).weight.grad for name in ("query", "key", "value")])
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert grads[0][0] is None and grads[0][1] is None  # zero_cost: the projections never reach the loss
+    assert torch.count_nonzero(grads[1][0]) == 0 and torch.count_nonzero(grads[1][1]) == 0
+    torch.testing.assert_close(grads[1][2], grads[0][2])
+
+
+def test_table_sets_every_attention_against_the_zero_cost_steps(script, monkeypatch, capsys):
+    argv = [*TINY_TABLE, "--attn_implementations", "lln", "sdpa", "zero_cost_qk", "zero_cost"]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): cells for cells in rows[1:]}
-    assert list(rows) == ["zero_cost", "lln", "sdpa"]  # the floor first, then in the order asked
-    assert rows["zero_cost"][5].strip() == "1.00"
+    assert list(rows) == [
+        "zero_cost",
+        "zero_cost_qk",
+        "lln",
+        "sdpa",
+    ]  # the floors first, then in the order asked
+    assert rows["zero_cost"][5].strip() == "1.00" and rows["zero_cost_qk"][6].strip() == "0.0"
     for attention in ("lln", "sdpa"):
+        ms = float(rows[attention][4])
         assert int(rows[attention][2]) == 2 and float(rows[attention][3].replace(",", "")) > 0
-        assert float(rows[attention][5]) > 0
+        assert float(rows[attention][5]) == pytest.approx(ms / float(rows["zero_cost"][4]), abs=0.02)
+        assert float(rows[attention][6]) == pytest.approx(
+            ms - float(rows["zero_cost_qk"][4]), abs=0.15
+        )  # rounding
 
 
 def test_the_timed_step_is_run_mlms_training_step(script, monkeypatch, capsys, tmp_path):
