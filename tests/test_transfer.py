@@ -37,7 +37,14 @@ from hf_lln.transfer import (
     transfer_attention,
 )
 from hf_lln.transfer.loop import _Run
-from hf_lln.transfer.matching import lln_log_probs, split_heads, student_log_probs
+from hf_lln.transfer.matching import (
+    layer_loss,
+    lln_log_probs,
+    split_heads,
+    student_attention,
+    student_log_probs,
+    teacher_attention,
+)
 from hf_lln.transfer.options import TextTransfer, transfer_options
 from tests._tiny import TINY
 from tests.test_hub import assert_remote_loads
@@ -148,6 +155,34 @@ def test_transfer_in_half_precision_and_at_other_head_sizes(variant, mixed_preci
     AcceleratorState._reset_state(True)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("variant", "mixed_precision"),
+    [("lln", "bf16"), ("lln_diag", "fp16"), ("lln_diag", "no"), ("performer", "bf16")],
+)
+def test_transfer_on_cuda(variant, mixed_precision):
+    """On the GPU (fused kernels, fused AdamW, fp16's gradient scaler): both stages lower their losses, as the same
+    transfer in float32 on the CPU does."""
+    reports = []
+    for cpu, precision in ((True, "no"), (False, mixed_precision)):
+        teacher, student = tiny_pair(variant, shape={"hidden_size": 64, "num_attention_heads": 2})
+        AcceleratorState._reset_state(True)
+        accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+        settings = TransferSettings(**{**SETTINGS, "end_to_end_steps": 20, "end_to_end_train": "all"})
+        reports.append(
+            transfer_attention(teacher, student, random_batches(), settings, accelerator=accelerator)
+        )
+        assert {param.device.type for param in student.parameters()} == {"cpu" if cpu else "cuda"}
+    AcceleratorState._reset_state(True)
+    for report in reports:
+        assert all(math.isfinite(value) for value in report.layer_after)
+        assert sum(report.layer_after) < 0.7 * sum(report.layer_before), report.table()
+        assert report.hidden_after < report.hidden_before
+    on_cpu, on_gpu = reports
+    assert on_gpu.layer_before == pytest.approx(on_cpu.layer_before, rel=0.05)
+    assert on_gpu.hidden_after == pytest.approx(on_cpu.hidden_after, rel=0.5)
+
+
 @pytest.mark.parametrize(
     ("loss", "train"), [("final", "attention"), ("layers", "all"), ("pooled", "attention"), ("final", "all")]
 )
@@ -241,6 +276,37 @@ def test_dense_matrices_of_the_weight_loss_are_the_ops_that_run():
     torch.testing.assert_close(
         ours[visible.expand_as(ours)], reference.lln_matrix(q, k, mask, scale=0.25)[visible.expand_as(ours)]
     )
+
+
+@pytest.mark.parametrize(
+    ("variant", "groups"), [("lln", [[0, 1]]), ("lln_diag", [[0, 1]]), ("performer", [[0], [1]])]
+)
+def test_stacked_weight_losses_equal_each_layer_on_its_own(variant, groups):
+    """On a GPU the layer stage computes every layer's weight loss in one stacked pass; each loss and each layer's
+    gradient equal those of that layer alone (``teacher_attention``/``student_attention``). Performer draws its random
+    features per layer, so its layers are not stacked."""
+    teacher, student = tiny_pair(variant)
+    inputs = random_batches(count=1)[0]
+    mask = inputs["attention_mask"].bool()
+    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    assert run.groups == [[0], [1]]  # the CPU computes layer by layer
+    run.groups = run.layer_groups(stack=True)  # as on a GPU
+    assert run.groups == groups
+    hidden_states = run.teacher_pass(inputs)
+    stacked = run.layer_losses(inputs, hidden_states)
+    pairs = list(zip(encoder_layers(teacher), encoder_layers(student), strict=True))
+    alone = [
+        layer_loss("weights", student_attention(s, hidden_states[i], mask, "weights"),
+                   teacher_attention(t, hidden_states[i], mask, "weights"), mask)
+        for i, (t, s) in enumerate(pairs)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(stacked), torch.stack(alone))
+    queries = [layer.attention.self.query.weight for layer in encoder_layers(student)]
+    for ours, theirs in zip(stacked, alone, strict=True):
+        torch.testing.assert_close(
+            torch.autograd.grad(ours, queries, retain_graph=True, materialize_grads=True),
+            torch.autograd.grad(theirs, queries, retain_graph=True, materialize_grads=True),
+        )
 
 
 @pytest.mark.parametrize(("variant", "train"), [("lln", "qk"), ("lln_diag", "lora")])
@@ -361,6 +427,23 @@ def test_cli_converts_with_transfer_and_the_card_records_it(tmp_path, capsys):
     assert errors[0] < 0.8 * errors[1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_transfers_in_float32_and_keeps_its_dtype(tmp_path, dtype):
+    """Transformers loads a checkpoint in its stored dtype: the student trains in float32 (AdamW's steps underflow
+    in half precision, which left NaN weights) and is saved in the checkpoint's dtype."""
+    src = tiny_checkpoint(tmp_path / "bert")
+    BertModel.from_pretrained(src, dtype=dtype).save_pretrained(src)
+    text = tmp_path / "texts.txt"
+    text.write_text("\n".join(FIXTURE_SENTENCES * 3))
+    flags = "--transfer_steps 20 --transfer_end_to_end_steps 5 --transfer_lr 1e-2 --transfer_batch_size 4"
+    assert main(["convert", str(src), str(tmp_path / "lln"), "--transfer", str(text), *flags.split()]) == 0
+    converted = transformers.AutoModel.from_pretrained(tmp_path / "lln")
+    assert {param.dtype for param in converted.parameters()} == {dtype}
+    assert all(torch.isfinite(param).all() for param in converted.parameters())
+    card = ModelCard.load(tmp_path / "lln" / "README.md").text
+    assert "nan" not in card.split("| layer |", 1)[1]
+
+
 def test_convert_without_text_uses_the_bundled_corpus(tmp_path):
     src = tiny_checkpoint(tmp_path / "bert")
     transfer = TextTransfer(
@@ -382,6 +465,26 @@ def test_mixed_lengths_alternate_long_batches_with_twice_the_texts_at_half_the_l
     assert {tuple(batch["input_ids"].shape) for batch in plain} == {(2, 16)} and len(plain) == 6
     with pytest.raises(ValueError, match="mixed_lengths halves max_length, which must then be >= 2, got 1"):
         text_batches(texts, tokenizer, batch_size=2, max_length=1, mixed_lengths=True)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_text_batches_equal_the_tokenizers_own_padding(tmp_path, side):
+    """Batches come from a cache of each text's tokens (tokenised once, on first use); every pass over them equals
+    the tokenizer run on the batch's texts with ``padding=True``."""
+    tokenizer = BertTokenizer.from_pretrained(tiny_checkpoint(tmp_path / "bert"), padding_side=side)
+    texts = [" ".join(FIXTURE_SENTENCES[i:]) for i in range(len(FIXTURE_SENTENCES))] * 2
+    loader = text_batches(texts, tokenizer, batch_size=3, max_length=20, seed=1)
+    order = torch.utils.data.DataLoader(
+        range(len(texts)), batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    for _ in range(2):  # the second pass reads the cache, in a new order
+        for indices, batch in zip(order, loader, strict=True):
+            expected = tokenizer(
+                [texts[i] for i in indices], truncation=True, max_length=20, padding=True, return_tensors="pt"
+            )
+            assert batch.keys() == expected.keys()
+            for key, value in expected.items():
+                assert torch.equal(batch[key], value), key
 
 
 def test_convert_flags_set_every_transfer_setting():
@@ -488,6 +591,8 @@ def test_bad_models_and_settings_are_refused(tmp_path):
         ).settings.loss
         == "output"
     )
+    with pytest.raises(ValueError, match=r"student parameters must be float32 to train .* got torch.float16"):
+        transfer_attention(teacher, tiny_pair("lln")[1].half(), batches)
     _, mixed = tiny_pair("lln_diag", lln_mix_mode="learnable_ratio")
     with pytest.raises(ValueError, match="lln_mix_mode='learnable_ratio' mixes"):
         transfer_attention(teacher, mixed, batches, TransferSettings(loss="both"))

@@ -87,7 +87,7 @@ SCALES = {
 VARIANTS = ("lln", "lln_diag")
 
 # name -> TransferSettings fields (None: no transfer); layer-by-layer and end-to-end steps come from the scale,
-# times "factor" where given.
+# times "factor" where given (rounded; a factor below 1 with a larger batch_size keeps the tokens per stage).
 # Every arm starts from the settings the study began with (TransferSettings' defaults have moved since), so that
 # an arm's name keeps its meaning.
 BASE = dict(
@@ -99,6 +99,11 @@ BASE = dict(
 )
 SHORT = dict(batch_size=64, max_length=64)  # the GPU scale's 4,096 tokens per batch, in twice the texts
 LAYERS_ALL = dict(end_to_end_loss="layers", end_to_end_train="all", end_to_end_learning_rate=1e-4)
+# the second study's defaults (arm qk-weights-e2elayersall-mixed-lr3e-3); TransferSettings' defaults are these at
+# twice the steps (arm default-x2), from the third study
+DEFAULT = dict(
+    train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, mixed_lengths=True, **LAYERS_ALL
+)
 ZERO_SHOT_ARMS = {
     "none": None,
     "qk-output": dict(train="qk", loss="output"),
@@ -140,20 +145,25 @@ ZERO_SHOT_ARMS = {
     "qk-weights-e2elayersall-lr3e-3": dict(
         train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, **LAYERS_ALL
     ),
-    "qk-weights-e2elayersall-mixed-lr3e-3": dict(  # TransferSettings' defaults
-        train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, mixed_lengths=True, **LAYERS_ALL
-    ),
+    "qk-weights-e2elayersall-mixed-lr3e-3": DEFAULT,  # the second default
     "qk-weights-e2elayersall-short-lr3e-3-x3": dict(
         train="qk", loss="weights", end_to_end=True, learning_rate=3e-3, factor=3, **LAYERS_ALL, **SHORT
     ),
+    # the second default's variations: more steps, a faster end-to-end stage, larger batches, fewer larger steps
+    "default-x2": dict(DEFAULT, factor=2),  # TransferSettings' defaults
+    "default-e2elr3e-4": dict(DEFAULT, end_to_end_learning_rate=3e-4),
+    "default-b64": dict(DEFAULT, batch_size=64),
+    "default-b64-half": dict(DEFAULT, batch_size=64, factor=0.5),
+    "default-b128-quarter": dict(DEFAULT, batch_size=128, factor=0.25),
 }
-# What the GPU run compares by default: no transfer, the first default, and the text lengths of the current one.
+# What the GPU run compares by default: no transfer, the first default, the text lengths of the second, the current.
 KEY_ZERO_SHOT_ARMS = (
     "none",
     "qk-weights-e2e",
     "qk-weights-e2elayersall-lr3e-3",
     "qk-weights-e2elayersall-short-lr3e-3",
     "qk-weights-e2elayersall-mixed-lr3e-3",
+    "default-x2",
 )
 
 
@@ -164,9 +174,9 @@ def zero_shot_settings(arm: str, scale: Scale, seed: int) -> TransferSettings | 
         return None
     spec = {"batch_size": scale.transfer_batch, "max_length": scale.transfer_max_length, **BASE, **spec}
     factor = spec.pop("factor", 1)
-    end_to_end = scale.end_to_end_steps * factor if spec.pop("end_to_end", False) else 0
+    end_to_end = round(scale.end_to_end_steps * factor) if spec.pop("end_to_end", False) else 0
     return TransferSettings(
-        steps=scale.transfer_steps * factor, end_to_end_steps=end_to_end, seed=seed, **spec
+        steps=round(scale.transfer_steps * factor), end_to_end_steps=end_to_end, seed=seed, **spec
     )
 
 

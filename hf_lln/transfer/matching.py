@@ -32,6 +32,24 @@ def split_heads(self_attention: torch.nn.Module, hidden: torch.Tensor, names: st
     return tuple(projections[name](hidden).view(shape).transpose(1, 2) for name in names)
 
 
+def stacked_heads(linears, hidden: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Layer ``i``'s input ``hidden[i]`` through ``linears[i]`` (its query or key projection), every layer in one
+    batched product: ``hidden: (layers, batch, seq, in)`` -> ``(layers·batch, heads, seq, head_dim)``."""
+    layers, batch, seq, _ = hidden.shape
+    device = hidden.device.type
+    # the dtype nn.Linear computes in: autocast's, else the input's
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2).to(dtype)
+    flat = hidden.flatten(1, 2).to(dtype)
+    with torch.autocast(device, enabled=False):
+        if linears[0].bias is None:
+            out = torch.bmm(flat, weight)
+        else:
+            bias = torch.stack([linear.bias for linear in linears])[:, None, :].to(dtype)
+            out = torch.baddbmm(bias, flat, weight)
+    return out.view(layers * batch, seq, -1, head_dim).transpose(1, 2)
+
+
 def _merge_heads(context: torch.Tensor) -> torch.Tensor:
     """``(batch, seq, heads, head_dim)`` -> ``(batch, seq, heads·head_dim)``."""
     return context.reshape(*context.shape[:2], -1)
@@ -75,6 +93,30 @@ def student_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.
     return output, log_probs
 
 
+def stacked_weight_losses(
+    teacher_layers, student_layers, hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The attention-weight KL (``weights_loss``) of several layers at once, ``(layers,)`` float32: layer ``i`` of
+    teacher and student on its input ``hidden[i]``, ``hidden: (layers, batch, seq, hidden)``, ``mask: (batch, seq)``
+    bool. The layers are stacked along the batch, so a step launches one set of kernels for all of them (a
+    transfer step is bound by the host's launches, not by the GPU's arithmetic); the student layers must share
+    their attention options (``attention_options``), which all but per-layer random features do."""
+    layers = len(student_layers)
+    masks = mask.repeat(layers, 1)
+    teachers = [layer.attention.self for layer in teacher_layers]
+    students = [layer.attention.self for layer in student_layers]
+    head_dim = students[0].attention_head_size
+    with torch.no_grad():
+        q, k = (
+            stacked_heads([getattr(a, name) for a in teachers], hidden, head_dim) for name in ("query", "key")
+        )
+        probs = softmax_probs(q, k, masks, teachers[0].scaling)
+    q, k = (
+        stacked_heads([getattr(a, name) for a in students], hidden, head_dim) for name in ("query", "key")
+    )
+    return weights_loss(student_log_probs(students[0], q, k, masks), probs, masks, groups=layers)
+
+
 def resolve_loss(loss: str, variant: str, mix: str) -> str:
     """The layer loss to use for a student running ``variant`` (LLN+Diag ``mix`` mode): ``loss`` itself, or for
     ``"auto"`` the attention-weight KL where the variant has one attention distribution per query row and the
@@ -109,14 +151,21 @@ def lln_log_probs(q, k, mask, *, scale, stats) -> torch.Tensor:
     return torch.log((weights / weights.sum(dim=-1, keepdim=True)).clamp_min(_TINY))
 
 
+def attention_options(self_attention: torch.nn.Module) -> dict:
+    """The operator options a student's self-attention module runs with (its variant's ``options`` from the
+    config, per-layer ones included)."""
+    row = VARIANTS[self_attention.config._attn_implementation]
+    layer_index = getattr(self_attention, "layer_idx", None) or 0
+    return row.options(lln_settings(self_attention.config), self_attention.attention_head_size, layer_index)
+
+
 def student_log_probs(self_attention, q, k, mask) -> torch.Tensor:
     """``log`` of the student's attention matrix ``(batch, heads, seq, seq)`` in float32, differentiable w.r.t.
     ``q, k: (batch, heads, seq, head_dim)``; masked keys get ``log(tiny)``, not ``-inf``. The matrix is the
     variant's (``hf_lln.variants``: its ``matrix`` with the options the attention function derives from the
     config, per-layer ones included), LLN's in the product form of ``lln_log_probs``."""
     row = VARIANTS[self_attention.config._attn_implementation]
-    layer_index = getattr(self_attention, "layer_idx", None) or 0
-    options = row.options(lln_settings(self_attention.config), q.shape[-1], layer_index)
+    options = attention_options(self_attention)
     scale = {"scale": self_attention.scaling} if row.takes_scale else {}
     q, k = q.float(), k.float()
     with torch.autocast(q.device.type, enabled=False):
@@ -138,18 +187,29 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
 
 
 def weights_loss(
-    student_log_probs: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor
+    student_log_probs: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    mask: torch.Tensor,
+    groups: int | None = None,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) of the attention rows, averaged over heads and real queries: Hedgehog's cross-entropy
-    minus the teacher's entropy, so that a perfect match scores 0. Both ``(batch, heads, seq, seq)``."""
+    minus the teacher's entropy, so that a perfect match scores 0. Both ``(batch, heads, seq, seq)``, ``mask:
+    (batch, seq)``. With ``groups``, the batch is that many equal parts (stacked layers) and the result one mean
+    per part, ``(groups,)``."""
     keys = mask[:, None, None, :]
     kl = torch.where(
         keys,
         torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs,
         torch.zeros((), device=teacher_probs.device),
     ).sum(dim=-1)
-    rows = mask[:, None, :].expand_as(kl)
-    return kl[rows].mean()
+    # weights, not boolean indexing: indexing waits for the GPU to count the rows
+    rows = mask[:, None, :].expand_as(kl).to(kl.dtype).reshape(groups or 1, -1)
+    return (
+        (kl.reshape(groups or 1, -1) * rows)
+        .sum(-1)
+        .div(rows.sum(-1).clamp_min(1.0))
+        .reshape(() if groups is None else -1)
+    )
 
 
 def layer_loss(loss: str, student, teacher, mask) -> torch.Tensor:

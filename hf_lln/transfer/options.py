@@ -100,8 +100,19 @@ def prepare_transfer(transfer: TextTransfer | None, src, config, tokenizer) -> T
 def transfer_converted(
     src, student: torch.nn.Module, tokenizer, transfer: TextTransfer, texts: TextSource
 ) -> TransferReport:
-    """Train ``student`` (``src`` converted) to reproduce ``src`` run with softmax attention, on ``texts``."""
+    """Train ``student`` (``src`` converted) to reproduce ``src`` run with softmax attention, on ``texts``. A
+    checkpoint stored in half precision trains in float32 (``transfer.mixed_precision`` is the way to compute in
+    half) and goes back to its dtype afterwards, so the saved model keeps the checkpoint's dtype."""
     teacher = AutoModel.from_pretrained(src, attn_implementation="sdpa", dtype=torch.float32)
+    stored_dtype = student.dtype
+    student.float()
+    try:
+        return _transfer(teacher, student, tokenizer, transfer, texts)
+    finally:
+        student.to(stored_dtype)
+
+
+def _transfer(teacher, student, tokenizer, transfer: TextTransfer, texts: TextSource) -> TransferReport:
     settings = transfer.settings
     batches = text_batches(
         texts.texts,

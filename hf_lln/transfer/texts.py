@@ -7,7 +7,6 @@ batches. ``datasets`` is imported only for a Hub dataset, so the rest runs where
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 import re
@@ -95,8 +94,37 @@ def load_texts(source: str | os.PathLike | None = None, *, split: str = "train")
     return TextSource(texts, description)
 
 
-def _tokenize(texts: list[str], *, tokenizer, max_length: int) -> dict[str, torch.Tensor]:
-    return dict(tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+class _TokenCache:
+    """Tokenises each text once, when a batch first asks for it (a transfer cycles through its text many times,
+    and tokenising a batch costs more than a GPU transfer step computes), and pads batches from the cache exactly
+    as ``tokenizer(texts, padding=True, truncation=True, max_length=...)`` would."""
+
+    def __init__(self, texts: list[str], tokenizer, max_length: int):
+        self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
+        self.encodings: dict[int, dict[str, list[int]]] = {}
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        missing = [index for index in dict.fromkeys(indices) if index not in self.encodings]
+        if missing:
+            encoded = self.tokenizer(
+                [self.texts[index] for index in missing], truncation=True, max_length=self.max_length
+            )
+            for row, index in enumerate(missing):
+                self.encodings[index] = {key: values[row] for key, values in encoded.items()}
+        rows = [self.encodings[index] for index in indices]
+        length = max(len(row["input_ids"]) for row in rows)
+        left = self.tokenizer.padding_side == "left"
+        batch = {}
+        for key in rows[0]:
+            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            padded = [
+                [fill] * (length - len(row[key])) + row[key]
+                if left
+                else row[key] + [fill] * (length - len(row[key]))
+                for row in rows
+            ]
+            batch[key] = torch.tensor(padded, dtype=torch.long)
+        return batch
 
 
 class AlternatingBatches:
@@ -134,11 +162,11 @@ def text_batches(
 
     def loader(size: int, length: int, order: int) -> DataLoader:
         return DataLoader(
-            texts,
+            range(len(texts)),
             batch_size=size,
             shuffle=True,
             generator=torch.Generator().manual_seed(order),
-            collate_fn=functools.partial(_tokenize, tokenizer=tokenizer, max_length=length),
+            collate_fn=_TokenCache(texts, tokenizer, length).collate,
         )
 
     if not mixed_lengths:

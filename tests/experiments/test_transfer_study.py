@@ -78,7 +78,7 @@ def test_arms_keep_their_settings_and_the_default_arm_is_the_library_default():
         "attention",
         False,
     )
-    default = transfer_study.zero_shot_settings("qk-weights-e2elayersall-mixed-lr3e-3", gpu, seed=0)
+    default = transfer_study.zero_shot_settings("default-x2", gpu, seed=0)
     assert default == TransferSettings(
         loss="weights"
     )  # "auto" resolves to the weight loss for LLN and LLN+Diag
