@@ -19,7 +19,7 @@ from transformers import (
 
 from hf_lln import LLNBertConfig, LLNBertForMaskedLM, LLNRobertaConfig, LLNRobertaForMaskedLM
 from hf_lln.recipes.mlm import MaskedLanguageModeling, masked_lm_loss
-from tests._distributed import join_gloo_group
+from tests._distributed import exit_process, join_gloo_group
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +198,7 @@ def _ddp_gradients(rank: int, folder: str) -> None:
     grads = {name: param.grad for name, param in accelerator.unwrap_model(model).named_parameters()}
     torch.save(grads, f"{folder}/grads_{rank}.pt")
     accelerator.end_training()
+    exit_process()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from hf_lln.recipes.training.checkpoint import STATE_FILE, TrainingProgress, save_checkpoint
-from tests._distributed import join_gloo_group
+from tests._distributed import exit_process, join_gloo_group
 
 
 def _write_checkpoint(rank: int, world_size: int, output_dir: str) -> None:
@@ -23,6 +23,7 @@ def _write_checkpoint(rank: int, world_size: int, output_dir: str) -> None:
         accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: time.sleep(2.0))
     save_checkpoint(accelerator, Path(output_dir), TrainingProgress(completed_steps=3), "fingerprint")
     accelerator.end_training()
+    exit_process()
 
 
 def test_a_slow_process_still_writes_into_the_renamed_checkpoint(tmp_path):
