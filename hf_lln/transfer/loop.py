@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -261,6 +261,19 @@ def _cycle(batches: Iterable) -> Iterable:
             raise ValueError("batches is empty: transfer needs at least one batch")
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a transfer: ``parameters()`` a context manager giving the parameter groups it trains
+    (each clipped on its own; ``requires_grad`` restored on leaving), ``losses(inputs)`` one loss per group."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    description: str
+    parameters: Callable[[], contextlib.AbstractContextManager[list[list[torch.Tensor]]]]
+    losses: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]
+
+
 def _same_options(first: Mapping, second: Mapping) -> bool:
     """Whether two attention option dicts are equal (tensor values, such as random features, by value)."""
 
@@ -280,6 +293,35 @@ class _Run:
         # Stacking saves kernel launches, which bound a GPU step; on the CPU, whose arithmetic bounds a step, it only
         # makes every temporary six times larger (MiniLM on 2 cores: 2.4 s a layer step one by one, 5.6 s stacked).
         self.groups = self.layer_groups(stack=accelerator.device.type == "cuda")
+
+    def stages(self) -> list[Stage]:
+        """The layer-by-layer stage, then the end-to-end stage, as ``settings`` sets them (a stage of 0 steps is
+        skipped by ``transfer_attention``)."""
+        settings, layers = self.settings, list(encoder_layers(self.student))
+
+        @contextlib.contextmanager
+        def end_to_end_groups():
+            with end_to_end_parameters(layers, settings) as params:
+                yield [params]
+
+        return [
+            Stage(
+                "layer",
+                settings.steps,
+                settings.learning_rate,
+                "attention transfer (loss per layer)",
+                lambda: attention_parameters(layers, settings.train, settings.lora_rank),
+                lambda inputs: self.layer_losses(inputs, self.teacher_pass(inputs)),
+            ),
+            Stage(
+                "end_to_end",
+                settings.end_to_end_steps,
+                settings.end_to_end_learning_rate or settings.learning_rate,
+                f"end-to-end transfer ({settings.end_to_end_loss})",
+                end_to_end_groups,
+                lambda inputs: [self.end_to_end_loss(inputs)],
+            ),
+        ]
 
     def teacher_pass(self, inputs):
         """The teacher's ``layers + 1`` hidden states ``(batch, seq, hidden)``, without gradient: the embeddings'
@@ -461,30 +503,15 @@ def transfer_attention(
     teacher.to(device).eval().requires_grad_(False)
     student.to(device).eval().requires_grad_(False)
     run = _Run(teacher, student, settings, accelerator)
-    layers = list(encoder_layers(student))
     torch.manual_seed(settings.seed)
     try:
         before = run.evaluate(held)
-        if settings.steps:
-            with attention_parameters(layers, settings.train, settings.lora_rank) as params:
-                run.optimise(
-                    params,
-                    settings.steps,
-                    settings.learning_rate,
-                    stream,
-                    lambda inputs: run.layer_losses(inputs, run.teacher_pass(inputs)),
-                    "attention transfer (loss per layer)",
-                )
-        if settings.end_to_end_steps:
-            with end_to_end_parameters(layers, settings) as params:
-                run.optimise(
-                    [params],
-                    settings.end_to_end_steps,
-                    settings.end_to_end_learning_rate or settings.learning_rate,
-                    stream,
-                    lambda inputs: [run.end_to_end_loss(inputs)],
-                    f"end-to-end transfer ({settings.end_to_end_loss})",
-                )
+        for stage in run.stages():
+            if stage.steps:
+                with stage.parameters() as groups:
+                    run.optimise(
+                        groups, stage.steps, stage.learning_rate, stream, stage.losses, stage.description
+                    )
         after = run.evaluate(held)
     finally:
         teacher.train(teacher_was_training)
