@@ -591,6 +591,10 @@ def test_bad_models_and_settings_are_refused(tmp_path):
         ).settings.loss
         == "output"
     )
+    student.train()
+    with pytest.raises(ValueError, match="batches is empty: transfer needs at least one batch"):
+        transfer_attention(teacher, student, [])
+    assert student.training and all(param.requires_grad for param in student.parameters())  # left as it was
     with pytest.raises(ValueError, match=r"student parameters must be float32 to train .* got torch.float16"):
         transfer_attention(teacher, tiny_pair("lln")[1].half(), batches)
     _, mixed = tiny_pair("lln_diag", lln_mix_mode="learnable_ratio")

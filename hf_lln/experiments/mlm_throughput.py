@@ -36,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AttentionInterface, AttentionMaskInterface, RobertaTokenizer, get_scheduler
 
+from hf_lln.experiments.bench.measure import synchronize
 from hf_lln.integration.attention import key_padding_mask
 from hf_lln.models.configuration_lln import config_for_attention
 from hf_lln.recipes.mlm import PRESETS, MaskedLanguageModeling, build_model, preset_config
@@ -183,12 +184,12 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
             torch.cuda.reset_peak_memory_stats()
         for step in range(args.warmup_steps + args.steps):
             if step == args.warmup_steps:
-                synchronize(accelerator)
+                synchronize(accelerator.device)
                 start = time.perf_counter()
             training_step(
                 accelerator, model, optimizer, scheduler, inputs, objective.loss, args.max_grad_norm
             )
-        synchronize(accelerator)
+        synchronize(accelerator.device)
         seconds = time.perf_counter() - start
         peak = (
             torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
@@ -206,11 +207,6 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def synchronize(accelerator: Accelerator) -> None:
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def longest_fitting_length(accelerator: Accelerator, args, tokenizer, attention: str) -> int | None:

@@ -13,7 +13,6 @@ counts, over ``--profile_steps`` more steps, the kernel launches per step and th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import time
 
@@ -22,8 +21,9 @@ from accelerate import Accelerator
 from transformers import AutoModel, AutoTokenizer
 
 import hf_lln
+from hf_lln.experiments.bench.measure import synchronize
 from hf_lln.transfer import TransferSettings, load_texts, text_batches
-from hf_lln.transfer.loop import _cycle, _model_inputs, _Run, check_models
+from hf_lln.transfer.loop import _Run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,11 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_profile(optimise, steps: int) -> tuple[float, float]:
     """(device ms, kernel launches) per step of ``optimise(steps)`` under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -74,8 +69,8 @@ def measure(args, accelerator: Accelerator, tokenizer, texts: list[str], variant
     student = AutoModel.from_pretrained(
         args.model_name_or_path, attn_implementation=variant, dtype=torch.float32
     )
-    settings = TransferSettings()
-    settings = dataclasses.replace(settings, loss=check_models(teacher, student, settings.loss))
+    run = _Run.prepared(teacher, student, TransferSettings(), accelerator)
+    settings = run.settings
     batches = text_batches(
         texts,
         tokenizer,
@@ -84,10 +79,7 @@ def measure(args, accelerator: Accelerator, tokenizer, texts: list[str], variant
         mixed_lengths=settings.mixed_lengths,
     )
     device = accelerator.device
-    stream = (_model_inputs(batch, device) for batch in _cycle(batches))
-    teacher.to(device).eval().requires_grad_(False)
-    student.to(device).eval().requires_grad_(False)
-    run = _Run(teacher, student, settings, accelerator)
+    stream = run.stream(batches)
     rows = []
     for stage in run.stages():
         with stage.parameters() as groups:

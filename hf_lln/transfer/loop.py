@@ -294,6 +294,23 @@ class _Run:
         # makes every temporary six times larger (MiniLM on 2 cores: 2.4 s a layer step one by one, 5.6 s stacked).
         self.groups = self.layer_groups(stack=accelerator.device.type == "cuda")
 
+    @classmethod
+    def prepared(cls, teacher, student, settings: TransferSettings, accelerator: Accelerator | None) -> _Run:
+        """A run of ``settings`` (its ``loss`` resolved by ``check_models``, which refuses bad models before any
+        work) with both models on the device of ``accelerator`` (default: a new ``Accelerator()``), in eval mode
+        (dropout off: the student fits a deterministic function of the teacher, frozen for good) and without
+        gradients: each stage turns on its own parameters' (any other, the embeddings say, would pile up a .grad
+        that no optimizer here clears, and that the user's next training step would add to its own)."""
+        settings = replace(settings, loss=check_models(teacher, student, settings.loss))
+        accelerator = accelerator or Accelerator()
+        for model in (teacher, student):
+            model.to(accelerator.device).eval().requires_grad_(False)
+        return cls(teacher, student, settings, accelerator)
+
+    def stream(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """The model inputs of ``batches`` on the device, cycled for ever."""
+        return (_model_inputs(batch, self.accelerator.device) for batch in _cycle(batches))
+
     def stages(self) -> list[Stage]:
         """The layer-by-layer stage, then the end-to-end stage, as ``settings`` sets them (a stage of 0 steps is
         skipped by ``transfer_attention``)."""
@@ -489,22 +506,14 @@ def transfer_attention(
     device and precision (default: a new ``Accelerator()``); ``source``: a description of the text, for the
     report. Padding (``attention_mask == 0``) is excluded from the attention and from every loss.
     """
-    settings = settings or TransferSettings()
-    settings = replace(settings, loss=check_models(teacher, student, settings.loss))
-    accelerator = accelerator or Accelerator()
-    device = accelerator.device
-    stream = (_model_inputs(batch, device) for batch in _cycle(batches))
-    held = list(itertools.islice(stream, settings.eval_batches))
     teacher_was_training, student_was_training = teacher.training, student.training
-    # Only the parameters a stage trains take gradients: any other (the embeddings) would pile up a .grad that no
-    # optimizer here clears, and that the user's next training step would add to its own.
     student_requires_grad = {param: param.requires_grad for param in student.parameters()}
-    # Dropout off in both: the student fits a deterministic function of the teacher (frozen for good).
-    teacher.to(device).eval().requires_grad_(False)
-    student.to(device).eval().requires_grad_(False)
-    run = _Run(teacher, student, settings, accelerator)
-    torch.manual_seed(settings.seed)
+    run = _Run.prepared(teacher, student, settings or TransferSettings(), accelerator)
+    settings, accelerator = run.settings, run.accelerator
     try:
+        stream = run.stream(batches)
+        held = list(itertools.islice(stream, settings.eval_batches))
+        torch.manual_seed(settings.seed)
         before = run.evaluate(held)
         for stage in run.stages():
             if stage.steps:
