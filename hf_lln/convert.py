@@ -291,7 +291,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--max_position", type=int, help="longest input in tokens (extends the position table)"
     )
-    parser.add_argument("--block_size", type=int, help="LLN+Diag softmax block size (default: head size)")
+    parser.add_argument(
+        "--block_size", type=int, help="LLN+Diag softmax block size (default: the head size, at least 64)"
+    )
     parser.add_argument("--mix_mode", choices=MIX_MODES, default=LLN_SETTINGS_DEFAULTS["lln_mix_mode"])
     parser.add_argument("--stats", choices=STATS_MODES, default=LLN_SETTINGS_DEFAULTS["lln_stats"])
     add_transfer_arguments(parser)
@@ -308,15 +310,17 @@ def run(args: argparse.Namespace) -> int:
         except HFValidationError:
             raise ValueError(f"src {args.src}: no such folder (and not a Hub model id)") from None
     transfer = transfer_options(args)
+    # without --block_size, the conversion's own (converted_block_size), not None (the head size)
+    block = {} if args.block_size is None else {"lln_block_size": args.block_size}
     report = convert_checkpoint(
         args.src,
         args.dst,
         variant=args.variant,
         max_position=args.max_position,
-        lln_block_size=args.block_size,
         lln_mix_mode=args.mix_mode,
         lln_stats=args.stats,
         transfer=transfer,
+        **block,
     )
     print(f"wrote {report.model_class} ({args.variant}) to {args.dst}")
     print(f"max_position_embeddings: {report.max_position_embeddings}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,66 @@ def test_pretraining_checkpoint_gives_the_masked_lm_head_and_reports_the_rest(tm
         "cls.seq_relationship.bias",
         "cls.seq_relationship.weight",
     ]
+
+
+def save_long_stock(src) -> dict[str, torch.Tensor]:
+    """Save to ``src`` a tiny BERT (heads of 16) reading 128 tokens, with query and key weights of std 0.3 (sharp
+    attention rows, so that the block size changes the outputs); returns inputs of 90 tokens, padding in row 2."""
+    torch.manual_seed(0)
+    model = transformers.BertModel(BertConfig(**{**TINY, "max_position_embeddings": 128}))
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.normal_(0, 0.3)
+            layer.attention.self.key.weight.normal_(0, 0.3)
+    model.save_pretrained(src)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 90), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 75:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hidden(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**inputs).last_hidden_state
+
+
+def test_lln_diag_conversion_runs_blocks_of_the_head_size_but_at_least_64(tmp_path):
+    src, dst = tmp_path / "bert", tmp_path / "lln-bert"
+    inputs = save_long_stock(src)
+
+    stock = transformers.AutoModel.from_pretrained(src, attn_implementation="lln_diag", dtype=torch.float32)
+    assert type(stock) is transformers.BertModel and stock.config._attn_implementation == "lln_diag"
+    expected = hidden(stock, inputs)
+
+    convert_checkpoint(src, dst, variant="lln_diag")
+    assert json.loads((dst / "config.json").read_text())["lln_block_size"] == 64
+    converted = transformers.AutoModel.from_pretrained(dst, dtype=torch.float32)
+    assert type(converted) is hf_lln.LLNBertModel
+    assert (converted.config.lln_variant, converted.config.lln_block_size) == ("lln_diag", 64)
+    assert converted.dtype == torch.float32
+    torch.testing.assert_close(hidden(converted, inputs), expected)
+
+    # Blocks of the head size (16) give other outputs, whichever way they are asked for.
+    head_dst = tmp_path / "lln-bert-16"
+    convert_checkpoint(src, head_dst, variant="lln_diag", lln_block_size=16)
+    assert json.loads((head_dst / "config.json").read_text())["lln_block_size"] == 16
+    head_blocks = hidden(transformers.AutoModel.from_pretrained(head_dst, dtype=torch.float32), inputs)
+    assert (head_blocks - expected).abs().max() > 1e-3
+    config = transformers.AutoConfig.from_pretrained(dst)
+    config.lln_block_size = None  # an LLN config's None: the head size
+    none_blocks = transformers.AutoModel.from_pretrained(dst, config=config, dtype=torch.float32)
+    torch.testing.assert_close(hidden(none_blocks, inputs), head_blocks)
+    stock.config.lln_block_size = 16  # a block size the stock config carries wins over the converted one
+    torch.testing.assert_close(hidden(stock, inputs), head_blocks)
+
+
+@pytest.mark.parametrize(("flags", "block_size"), [([], 64), (["--block_size", "16"], 16)])
+def test_cli_block_size_defaults_to_the_converted_block_size(tmp_path, flags, block_size):
+    src, dst = tmp_path / "bert", tmp_path / "lln-bert"
+    save_stock(src, BertConfig(**TINY), "AutoModel")  # heads of 16
+    assert main(["convert", str(src), str(dst), "--variant", "lln_diag", *flags]) == 0
+    assert json.loads((dst / "config.json").read_text())["lln_block_size"] == block_size
+    assert transformers.AutoModel.from_pretrained(dst).config.lln_block_size == block_size
 
 
 def test_checkpoint_missing_a_weight_is_refused_before_writing(tmp_path):

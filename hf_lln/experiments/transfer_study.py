@@ -16,7 +16,9 @@ An experiment harness (not library code). Two parts, each arm a fresh process-po
   steps, then end-to-end steps on the final hidden states), ``-a0.9`` variants with distillation weight 0.9
   instead of 0.5, and ``transfer+e2elayersall+distill`` (the end-to-end steps on every layer's output, training
   every encoder parameter: what ``run_glue --teacher_model_name_or_path`` does by default) with a shorter
-  (``transfer-short``) or faster (``-lr3e-3``) layer stage.
+  (``transfer-short``) or faster (``-lr3e-3``) layer stage, twice the end-to-end steps (``-x2``), another
+  fine-tuning rate (``-lr2e-5``, ``-lr1e-4``), both layer losses (``transfer-both``), a learnable LLN+Diag mix
+  (``-mixratio``) or LLN+Diag blocks of 32 or 64 tokens (``-block32``, ``-block64``).
   Reported: the dev score (CoLA MCC, SST-2 accuracy, MRPC mean of accuracy and F1), its ratio to the teacher's,
   and the share of dev predictions equal to the teacher's.
 
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -57,6 +60,7 @@ from transformers import (
 )
 
 import hf_lln  # noqa: F401  (registers the attention variants)
+from hf_lln.models.configuration_lln import lln_config_from
 from hf_lln.transfer import TransferSettings, distillation_loss, load_texts, text_batches, transfer_attention
 
 
@@ -190,18 +194,25 @@ class FinetuneArm:
     """A student: ``from_teacher`` (start from the fine-tuned teacher and distil its logits with weight
     ``distill_alpha``, else from the pretrained MiniLM on the task loss alone); ``transfer_factor`` and
     ``end_to_end_factor`` times the scale's ``task_transfer_steps`` of attention transfer on the task's inputs
-    first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``attention_lr_scale`` on
-    the q/k projections' learning rate."""
+    first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``learning_rate_scale`` on
+    the fine-tuning's learning rate, ``attention_lr_scale`` on top of it for the q/k projections'; ``config`` (pairs)
+    overrides of the student's config (its attention's settings)."""
 
     from_teacher: bool
     transfer_factor: int = 0
     end_to_end_factor: int = 0
     distill_alpha: float = 0.5
     attention_lr_scale: float = 1.0
+    learning_rate_scale: float = 1.0
     transfer: tuple = ()
+    config: tuple = ()
 
 
 E2E_LAYERS_ALL = tuple(LAYERS_ALL.items())  # the end-to-end stage of TransferSettings' defaults
+# the fine-tuned conversion's default (run_glue --teacher_model_name_or_path), which the arms after it vary
+E2E_LAYERS_ALL_ARM = FinetuneArm(
+    from_teacher=True, transfer_factor=3, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
+)
 FINETUNE_ARMS = {
     "plain": FinetuneArm(from_teacher=False),
     "attnlr": FinetuneArm(from_teacher=False, attention_lr_scale=10.0),
@@ -212,18 +223,28 @@ FINETUNE_ARMS = {
     "transfer+e2e+distill-a0.9": FinetuneArm(
         from_teacher=True, transfer_factor=3, end_to_end_factor=1, distill_alpha=0.9
     ),
-    "transfer+e2elayersall+distill": FinetuneArm(
-        from_teacher=True, transfer_factor=3, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
+    "transfer+e2elayersall+distill": E2E_LAYERS_ALL_ARM,
+    "transfer-lr3e-3+e2elayersall+distill": replace(
+        E2E_LAYERS_ALL_ARM, transfer=(("learning_rate", 3e-3), *E2E_LAYERS_ALL)
     ),
-    "transfer-lr3e-3+e2elayersall+distill": FinetuneArm(
-        from_teacher=True,
-        transfer_factor=3,
-        end_to_end_factor=1,
-        transfer=(("learning_rate", 3e-3), *E2E_LAYERS_ALL),
+    "transfer-short+e2elayersall+distill": replace(E2E_LAYERS_ALL_ARM, transfer_factor=1),
+    # the default's variations for LLN+Diag on MRPC (runs 11-12): twice the end-to-end steps, the fine-tuning's
+    # rate (the student starts from weights already fine-tuned), both layer losses, and below, the attention
+    "transfer+e2elayersall-x2+distill": replace(E2E_LAYERS_ALL_ARM, end_to_end_factor=2),
+    "transfer+e2elayersall+distill-lr2e-5": replace(E2E_LAYERS_ALL_ARM, learning_rate_scale=0.4),
+    "transfer+e2elayersall+distill-lr1e-4": replace(E2E_LAYERS_ALL_ARM, learning_rate_scale=2.0),
+    "transfer-both+e2elayersall+distill": replace(
+        E2E_LAYERS_ALL_ARM, transfer=(("loss", "both"), *E2E_LAYERS_ALL)
     ),
-    "transfer-short+e2elayersall+distill": FinetuneArm(
-        from_teacher=True, transfer_factor=1, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
+    # LLN+Diag's block size: runs 1-13 had blocks of MiniLM's head size (32 tokens) except in -block64; a
+    # conversion now has 64 (hf_lln.models.configuration_lln.converted_block_size), and so has every other arm,
+    # zero-shot ones included, from run 14 on
+    "transfer+e2elayersall+distill-block32": replace(E2E_LAYERS_ALL_ARM, config=(("lln_block_size", 32),)),
+    "transfer+e2elayersall+distill-block64": replace(E2E_LAYERS_ALL_ARM, config=(("lln_block_size", 64),)),
+    "transfer+e2elayersall+distill-mixratio": replace(
+        E2E_LAYERS_ALL_ARM, config=(("lln_mix_mode", "learnable_ratio"),)
     ),
+    "transfer+e2elayersall+distill-a0.9": replace(E2E_LAYERS_ALL_ARM, distill_alpha=0.9),
 }
 KEY_FINETUNE_ARMS = ("plain", "distill", "transfer+e2e+distill", "transfer+e2elayersall+distill")
 TASKS = ("cola", "mrpc", "sst2")
@@ -414,10 +435,19 @@ def eval_batches(tokenizer, texts: list[str], max_length: int) -> list[dict]:
 
 
 def train_classifier(
-    model, loader, context: Context, epochs: int, *, teacher=None, distill_alpha=0.5, attention_lr_scale=1.0
+    model,
+    loader,
+    context: Context,
+    epochs: int,
+    *,
+    teacher=None,
+    distill_alpha=0.5,
+    attention_lr_scale=1.0,
+    learning_rate_scale=1.0,
 ) -> float:
     """AdamW (weight decay 0.01, 10% warm-up, linear decay), task loss or task + distillation; returns seconds."""
     scale = context.scale
+    learning_rate = scale.learning_rate * learning_rate_scale
     attention = {
         param
         for layer in model.base_model.encoder.layer
@@ -425,8 +455,8 @@ def train_classifier(
         for param in linear.parameters()
     }
     rest = [param for param in model.parameters() if param not in attention]
-    groups = [{"params": rest}, {"params": list(attention), "lr": scale.learning_rate * attention_lr_scale}]
-    optimizer = torch.optim.AdamW(groups, lr=scale.learning_rate, weight_decay=0.01)
+    groups = [{"params": rest}, {"params": list(attention), "lr": learning_rate * attention_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.01)
     total = epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, total // 10, total)
     model.to(context.device).train()
@@ -485,10 +515,13 @@ def teacher_path(context: Context, task: str, seed: int) -> Path:
     return context.args.output_dir / "teachers" / f"{task}-seed{seed}"
 
 
-def classifier(path, attention: str, seed: int):
+def classifier(path, attention: str, seed: int, config: tuple = ()):
     torch.manual_seed(seed)  # the new classifier head of a pretrained model
+    settings, config = dict(config), AutoConfig.from_pretrained(path, num_labels=2)
+    if settings:  # the LLN class of the config, which owns the lln_* settings
+        config = lln_config_from(config, lln_variant=attention, **settings)
     return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, attn_implementation=attention, dtype=torch.float32
+        path, config=config, attn_implementation=attention, dtype=torch.float32
     )
 
 
@@ -516,12 +549,12 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
     epochs = context.scale.epochs[task]
     spec = FINETUNE_ARMS[arm]
     if not spec.from_teacher:
-        model = classifier(context.model, variant, seed)
+        model = classifier(context.model, variant, seed, spec.config)
         result["train_seconds"] = train_classifier(
             model, train, context, epochs, attention_lr_scale=spec.attention_lr_scale
         )
     else:
-        model = classifier(teacher_folder, variant, seed)
+        model = classifier(teacher_folder, variant, seed, spec.config)
         teacher = classifier(teacher_folder, "sdpa", seed).to(context.device).eval()
         result["zero_shot_score"] = task_score(task, predict(model, dev, context), labels)
         if spec.transfer_factor:
@@ -552,6 +585,7 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
             teacher=teacher,
             distill_alpha=spec.distill_alpha,
             attention_lr_scale=spec.attention_lr_scale,
+            learning_rate_scale=spec.learning_rate_scale,
         )
     predictions = predict(model, dev, context)
     result["score"] = task_score(task, predictions, labels)

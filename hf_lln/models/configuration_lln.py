@@ -2,8 +2,8 @@
 attention. This module owns those fields (default, meaning, validation) and the one conversion between stock and
 LLN configs; every other module reads them from here.
 
-A stock BERT/RoBERTa config has no ``lln_*`` fields: an hf_lln attention run on a stock model reads the defaults
-(:func:`lln_settings`).
+A stock BERT/RoBERTa config has no ``lln_*`` fields: an hf_lln attention run on a stock model reads the defaults,
+with the block size of a conversion (:func:`lln_settings`, :func:`converted_block_size`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class LLNAttentionFields:
     fields each variant reads).
 
     - ``lln_variant``: the attention the model runs by default, one of ``hf_lln.ATTENTION_VARIANTS``.
-    - ``lln_block_size``: LLN+Diag softmax block size in tokens; None = the head size.
+    - ``lln_block_size``: LLN+Diag softmax block size in tokens; None = the head size. A converted softmax checkpoint
+      gets its head size but at least 64 (``converted_block_size``).
     - ``lln_mix_mode``: LLN+Diag mix, ``"average"``, ``"learnable_scale"`` or ``"learnable_ratio"`` (the learnable
       modes add per-layer mix weights, saved with the model).
     - ``lln_eps``: floor of the normaliser of every normalised linear attention (lln, lln_diag, linear_elu,
@@ -79,9 +80,32 @@ def check_lln_settings(**settings) -> None:
         raise ValueError(f"lln_eps must be a number > 0; got {eps!r}")
 
 
+# LLN+Diag's softmax blocks in a converted softmax checkpoint are the head size but never shorter than this: blocks
+# of MiniLM's 32-dim heads cut a GLUE sentence pair into pieces, and 64-token blocks lifted its fine-tuned
+# conversion on MRPC from 98.2% to 100.6% of the softmax teacher's score (docs/quality.md, fourth study).
+CONVERTED_MIN_BLOCK_SIZE = 64
+
+
+def converted_block_size(config: PretrainedConfig) -> int | None:
+    """The LLN+Diag block size of a softmax ``config`` converted to hf_lln: its head size, at least
+    ``CONVERTED_MIN_BLOCK_SIZE``; None (the head size, at run time) for a config that does not give its head size."""
+    head = getattr(config, "head_dim", None)
+    if head is None:
+        hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+        if not isinstance(hidden, int) or not isinstance(heads, int) or heads < 1:
+            return None
+        head = hidden // heads
+    return max(head, CONVERTED_MIN_BLOCK_SIZE)
+
+
 def lln_settings(config: PretrainedConfig | None) -> dict:
-    """Every ``lln_*`` setting of ``config``: its own fields, the defaults where it has none (a stock config)."""
-    return {name: getattr(config, name, default) for name, default in LLN_SETTINGS_DEFAULTS.items()}
+    """Every ``lln_*`` setting of ``config``: its own fields, the defaults where it has none. A stock config (a
+    softmax checkpoint run with an hf_lln attention) has none, and gets the converted block size
+    (``converted_block_size``), which ``lln_config_from`` writes into the LLN config of a conversion."""
+    defaults = LLN_SETTINGS_DEFAULTS
+    if config is not None and not is_lln_config(config):
+        defaults = {**defaults, "lln_block_size": converted_block_size(config)}
+    return {name: getattr(config, name, default) for name, default in defaults.items()}
 
 
 @strict
@@ -120,6 +144,8 @@ def lln_config_from(config: PretrainedConfig, **settings) -> PretrainedConfig:
     if unknown:
         raise ValueError(f"unknown LLN settings {unknown}; the settings are {sorted(LLN_SETTINGS_DEFAULTS)}")
     values = {key: value for key, value in config.to_dict().items() if key not in _FOLDER_FIELDS}
+    if not is_lln_config(config):  # the settings a stock config runs with, written down so they reload
+        values = {**lln_settings(config), **values}
     model_type = LLN_MODEL_TYPES.get(config.model_type, config.model_type)
     lln = LLN_CONFIG_CLASSES[model_type](**{**values, **settings})
     lln.architectures = config.architectures

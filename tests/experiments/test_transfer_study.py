@@ -82,3 +82,16 @@ def test_arms_keep_their_settings_and_the_default_arm_is_the_library_default():
     assert default == TransferSettings(
         loss="weights"
     )  # "auto" resolves to the weight loss for LLN and LLN+Diag
+
+
+def test_an_arm_config_sets_the_student_attention(tiny_bert):
+    """``FinetuneArm.config``: the student is the LLN class with those settings; without it, the stock class with
+    the settings of a conversion (heads of 64 here: blocks of 64)."""
+    spec = transfer_study.FINETUNE_ARMS["transfer+e2elayersall+distill-block32"]
+    student = transfer_study.classifier(tiny_bert, "lln_diag", 0, spec.config)
+    assert type(student).__name__ == "LLNBertForSequenceClassification"
+    assert (student.config.lln_variant, student.config.lln_block_size) == ("lln_diag", 32)
+    assert student.config.num_labels == 2
+    stock = transfer_study.classifier(tiny_bert, "lln_diag", 0)
+    assert type(stock).__name__ == "BertForSequenceClassification"
+    assert stock.config._attn_implementation == "lln_diag"

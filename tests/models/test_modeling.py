@@ -19,7 +19,13 @@ from hf_lln.models import (
     LLNBertModel,
     LLNRobertaConfig,
 )
-from hf_lln.models.configuration_lln import lln_config_from
+from hf_lln.models.configuration_lln import (
+    CONVERTED_MIN_BLOCK_SIZE,
+    config_for_attention,
+    converted_block_size,
+    lln_config_from,
+    lln_settings,
+)
 from tests._tiny import TINY
 
 STOCK_CONFIGS = {"lln_bert": BertConfig, "lln_roberta": RobertaConfig}
@@ -123,6 +129,59 @@ def test_invalid_config_values_are_rejected_naming_the_field(field, value):
 def test_wrongly_typed_config_value_is_rejected():
     with pytest.raises(StrictDataclassError, match="lln_block_size"):
         LLNBertConfig(lln_block_size="4")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ({"hidden_size": 64, "num_attention_heads": 2}, 64),  # head 32: raised to the minimum
+        ({"hidden_size": 128, "num_attention_heads": 2}, 64),  # head 64
+        ({"hidden_size": 256, "num_attention_heads": 2}, 128),  # head 128: kept
+        ({"hidden_size": 32, "num_attention_heads": 2, "head_dim": 96}, 96),  # head_dim wins over 32 / 2
+    ],
+)
+def test_converted_block_size_is_the_head_size_at_least_64(sizes, expected):
+    assert CONVERTED_MIN_BLOCK_SIZE == 64
+    assert converted_block_size(BertConfig(**sizes)) == expected
+    assert converted_block_size(RobertaConfig(**sizes)) == expected
+
+
+def test_converted_block_size_is_none_without_a_head_size():
+    config = transformers.PretrainedConfig()
+    assert not hasattr(config, "hidden_size") and not hasattr(config, "num_attention_heads")
+    assert converted_block_size(config) is None
+
+
+def test_stock_configs_run_with_the_converted_block_size():
+    assert lln_settings(BertConfig(**TINY))["lln_block_size"] == 64  # head size 16
+    assert lln_settings(RobertaConfig(hidden_size=256, num_attention_heads=2))["lln_block_size"] == 128
+    # an LLN config keeps its None: the head size
+    assert lln_settings(LLNBertConfig(**TINY))["lln_block_size"] is None
+    assert lln_settings(LLNBertConfig(**TINY, lln_block_size=8))["lln_block_size"] == 8
+    stock = BertConfig(**TINY)
+    stock.lln_block_size = 16  # a setting the stock config carries wins over the converted default
+    assert lln_settings(stock)["lln_block_size"] == 16
+    assert lln_settings(None)["lln_block_size"] is None
+
+
+@pytest.mark.parametrize("model_type", AUTO_MODEL_CLASSES)
+def test_lln_config_from_a_stock_config_writes_the_converted_block_size(model_type):
+    stock = STOCK_CONFIGS[model_type](**TINY)
+    config = lln_config_from(stock, lln_variant="lln_diag")
+    assert config.model_type == model_type
+    assert config.lln_block_size == converted_block_size(stock) == 64
+    assert config.to_dict()["lln_block_size"] == 64  # written into the saved config
+    assert lln_config_from(stock, lln_variant="lln_diag", lln_block_size=16).lln_block_size == 16
+    assert lln_config_from(stock, lln_variant="lln_diag", lln_block_size=None).lln_block_size is None
+
+    # run_mlm and run_glue's --attn_implementation convert a stock config through config_for_attention
+    assert config_for_attention(stock, "lln_diag").lln_block_size == 64
+
+    lln = AUTO_MODEL_CLASSES[model_type]["AutoConfig"](**TINY)
+    assert lln.lln_block_size is None
+    assert lln_config_from(lln, lln_variant="lln").lln_block_size is None  # None = the head size, kept
+    lln.lln_block_size = 8
+    assert lln_config_from(lln, lln_variant="lln_diag").lln_block_size == 8
 
 
 @pytest.mark.parametrize("model_type", AUTO_MODEL_CLASSES)

@@ -44,9 +44,10 @@ TEACHER_MODEL_TYPES = tuple(LLN_MODEL_TYPES)  # the stock families: softmax chec
 _TRANSFER = TransferSettings()
 # Every default of the fine-tuned conversion; the transfer's own come from TransferSettings, except its length and
 # layer-stage learning rate, which are this recipe's (on the task's inputs, before fine-tuning): the study's
-# transfer+e2elayersall+distill arm, the best on MRPC, where LLN keeps 99.4% of the teacher's score and LLN+Diag
-# 98.0% (docs/quality.md); a layer-stage rate of 3e-3, the text transfer's, did no better on MRPC and spread
-# wider. A distillation weight of 0.9 did no better than 0.5.
+# transfer+e2elayersall+distill arm, the best on MRPC, where LLN keeps 99.0% of the teacher's score and LLN+Diag,
+# with a converted model's blocks of 64 tokens, 100.6% (docs/quality.md); a layer-stage rate of 3e-3, the text
+# transfer's, did no better on MRPC and spread wider; neither did a distillation weight of 0.9, twice the
+# end-to-end steps or another fine-tuning rate.
 DEFAULTS = {
     "distill_alpha": 0.5,
     "distill_temperature": 2.0,
