@@ -36,7 +36,7 @@ from hf_lln.transfer import (
     text_batches,
     transfer_attention,
 )
-from hf_lln.transfer.loop import _Run
+from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run
 from hf_lln.transfer.matching import (
     layer_loss,
     lln_log_probs,
@@ -323,6 +323,112 @@ def test_padding_changes_nothing_for_the_real_tokens(variant, train):
     assert first.layer_after == pytest.approx(second.layer_after, rel=1e-3)
     for name, tensor in weights.items():
         torch.testing.assert_close(padded_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def count_forwards(model, rows: list[int] | None = None) -> list[int]:
+    """``[calls]``, counting ``model``'s forward passes from now on; the batch size of each call goes to ``rows``."""
+    calls = [0]
+
+    def hook(module, args, kwargs, output):
+        calls[0] += 1
+        if rows is not None:
+            rows.append(kwargs["input_ids"].shape[0])
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return calls
+
+
+def shuffled_rows(batch: dict, order: list[int], width: int, left: bool = False) -> dict:
+    """The rows of ``batch`` in ``order``, re-padded to ``width`` columns (on the left with ``left``)."""
+    rows = []
+    for name in ("input_ids", "attention_mask"):
+        out = torch.zeros(len(order), width, dtype=torch.long)
+        for i, row in enumerate(order):
+            real = batch[name][row][batch["attention_mask"][row].bool()]
+            if left:
+                out[i, width - len(real) :] = real
+            else:
+                out[i, : len(real)] = real
+        rows.append(out)
+    return dict(zip(("input_ids", "attention_mask"), rows, strict=True))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_teacher_cache_serves_sequences_met_again(family):
+    """A batch whose rows were all seen (in other batches, orders and paddings) comes from the cache without a
+    teacher pass, equal at every real token to the teacher run on it; a row at another left-padding offset is not
+    taken for the same sequence (BERT's positions count the padding)."""
+    teacher, student = tiny_pair("lln", family)
+    run = _Run.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
+    first, second, third = random_batches(count=3)
+    sizes = []
+    calls = count_forwards(teacher, sizes)
+    run.teacher_pass(first)
+    run.teacher_pass(second)
+    assert calls[0] == 2 and len(run.teacher_cache.rows) == 8
+    mixed = shuffled_rows({k: torch.cat([first[k], second[k]]) for k in first}, [5, 3, 0, 6], width=16)
+    cached = run.teacher_pass(mixed)
+    assert calls[0] == 2  # no teacher pass
+    mask = mixed["attention_mask"].bool()
+    with torch.no_grad():
+        fresh = teacher(**mixed, output_hidden_states=True).hidden_states
+    assert len(cached) == len(fresh) == TINY["num_hidden_layers"] + 1
+    for ours, theirs in zip(cached, fresh, strict=True):
+        torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+        assert not ours[~mask].any()  # padding: zeros, which nothing reads
+
+    # the stream reads the keys while the batch is on the CPU, and hands the model only its inputs
+    streamed = next(run.stream([{**first, "labels": torch.zeros(4)}]))
+    assert sorted(streamed) == ["attention_mask", "input_ids"]
+    assert streamed.cache_keys[0] == run.teacher_cache.keys(first)[0]
+
+    passes = calls[0]
+    left = shuffled_rows(first, [1, 3], width=16, left=True)  # rows with padding, now on the left
+    run.teacher_pass(left)
+    assert calls[0] == passes + 1
+
+    # two rows seen and two new ones: the teacher runs on the two new rows alone
+    partial = {key: torch.cat([first[key][:2], third[key][:2]]) for key in first}
+    sizes.clear()
+    hidden = run.teacher_pass(partial)
+    assert sizes == [2]
+    mask = partial["attention_mask"].bool()
+    with torch.no_grad():
+        fresh = teacher(**partial, output_hidden_states=True).hidden_states
+    for ours, theirs in zip(hidden, fresh, strict=True):
+        torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_cache_keeps_to_its_budget_and_changes_no_result():
+    """The cache holds no more than its bytes, and a transfer served from it trains as one that runs the teacher
+    on every batch."""
+    batches = random_batches(count=3)
+    teacher, student = tiny_pair("lln")
+    run = _Run.prepared(
+        teacher, student, TransferSettings(), Accelerator(cpu=True), teacher_cache_bytes=30_000
+    )
+    for batch in batches:
+        run.teacher_pass(batch)
+    assert 0 < run.teacher_cache.bytes <= 30_000 and len(run.teacher_cache.rows) < 12
+    settings = TransferSettings(**{**SETTINGS, "end_to_end_steps": 10}, loss="both")
+    results = []
+    for budget in (0, 2**30):
+        teacher, student = tiny_pair("lln")
+        calls = count_forwards(teacher)
+        report = transfer_attention(teacher, student, batches, settings, teacher_cache_bytes=budget)
+        results.append((report, student.state_dict(), calls[0]))
+    (plain, weights, plain_calls), (cached, cached_weights, cached_calls) = results
+    # evaluation before and after, then every step; with the cache, each of the 3 batches once
+    assert plain_calls == 2 * settings.eval_batches + settings.steps + settings.end_to_end_steps
+    assert cached_calls == 3
+    assert cached.layer_after == pytest.approx(plain.layer_after, rel=1e-4)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(cached_weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="teacher_cache_bytes must be an integer >= 0 or None, got -1"):
+        transfer_attention(teacher, student, batches, settings, teacher_cache_bytes=-1)
+    # the default: on the CPU, TEACHER_CACHE_BYTES (on a GPU, none: not timed there yet)
+    default = _Run.prepared(teacher, student, settings, Accelerator(cpu=True))
+    assert default.teacher_cache.max_bytes == TEACHER_CACHE_BYTES and not default.teacher_cache.full
 
 
 @pytest.mark.parametrize("train", ["lora", "temperature", "qk_temperature"])

@@ -5,6 +5,10 @@ Times the steps ``hf_lln.transfer.transfer_attention`` runs (the layer stage's a
 converted to each variant: ``--warmup_steps`` steps, then ``--steps`` timed ones. With ``--profile`` (CUDA) it also
 counts, over ``--profile_steps`` more steps, the kernel launches per step and the device time torch.profiler records
 (kernels, plus the span of the optimizer step): a GPU step whose ms far exceed its device ms is bound by the host.
+Every step runs the teacher, as on a transfer's first pass over its text (and on a GPU, where ``transfer_attention``
+keeps no teacher cache by default); ``--teacher_cache`` keeps the teacher's hidden states, as it does on the CPU, so
+that steps on texts met again skip it (warm up over the whole text: a short ``--text`` and enough
+``--warmup_steps``).
 
     python -m hf_lln.experiments.transfer_throughput --model_name_or_path MINILM --text wiki.txt --profile
     python -m hf_lln.experiments.transfer_throughput --model_name_or_path MINILM --steps 4 --warmup_steps 1  # CPU
@@ -23,7 +27,7 @@ from transformers import AutoModel, AutoTokenizer
 import hf_lln
 from hf_lln.experiments.bench.measure import synchronize
 from hf_lln.transfer import TransferSettings, load_texts, text_batches
-from hf_lln.transfer.loop import _Run
+from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile_steps", type=int, default=4)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    parser.add_argument(
+        "--teacher_cache",
+        action="store_true",
+        help="keep the teacher's hidden states of the texts seen (transfer_attention's default on the CPU)",
+    )
     args = parser.parse_args(argv)
     for name in ("steps", "profile_steps"):
         if getattr(args, name) < 1:
@@ -69,7 +78,8 @@ def measure(args, accelerator: Accelerator, tokenizer, texts: list[str], variant
     student = AutoModel.from_pretrained(
         args.model_name_or_path, attn_implementation=variant, dtype=torch.float32
     )
-    run = _Run.prepared(teacher, student, TransferSettings(), accelerator)
+    cache = TEACHER_CACHE_BYTES if args.teacher_cache else 0
+    run = _Run.prepared(teacher, student, TransferSettings(), accelerator, teacher_cache_bytes=cache)
     settings = run.settings
     batches = text_batches(
         texts,
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu"
     print(
         f"\n{args.model_name_or_path}, {source.description}, TransferSettings' batches, "
-        f"{accelerator.mixed_precision}, {device}, {args.steps} timed steps after {args.warmup_steps}"
+        f"{accelerator.mixed_precision}, {device}, {args.steps} timed steps after {args.warmup_steps}, teacher "
+        + ("cache on" if args.teacher_cache else "run at every step")
     )
     profiled = any("launches" in row for row in rows)
     print("| variant | stage | ms / step |" + (" device ms / step | launches / step |" if profiled else ""))

@@ -48,6 +48,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 END_TO_END_LOSSES = ("final", "layers", "pooled")
 END_TO_END_TRAIN = ("attention", "all")
 POSTFIX_EVERY = 10  # steps between the progress bar's loss readings
+# The teacher's hidden states kept for sequences met again (``_TeacherCache``) on the CPU: at most this many bytes.
+# MiniLM's are 10.5 KiB a token (7 states of 384 float32), WikiText-2's validation lines at the default lengths
+# about 3 GiB. On a GPU the cache is off unless asked for: a GPU step is bound by the host's launches rather than by
+# the teacher's arithmetic, and the cache has not been timed there.
+TEACHER_CACHE_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -285,17 +290,105 @@ def _same_options(first: Mapping, second: Mapping) -> bool:
     return first.keys() == second.keys() and all(same(first[key], second[key]) for key in first)
 
 
+class _Inputs(dict):
+    """Model inputs on the device (``**inputs`` passes only these), with ``cache_keys``: the teacher cache's keys
+    and mask, taken from the batch while it is still on the CPU (on a GPU, reading them back would wait for it)."""
+
+    cache_keys: tuple[list[bytes], torch.Tensor] | None = None
+
+
+class _TeacherCache:
+    """The teacher's hidden states of every sequence it has run on, so that a sequence met again costs no teacher
+    pass: a transfer goes over its text many times (1,200 steps of 32 texts over WikiText-2's 2,461 validation
+    lines), and the teacher pass is a large part of a CPU step (without it a MiniLM layer step takes 26% less).
+    The teacher runs on the rows of a batch that are not held, so each text costs one teacher pass per length.
+
+    Per sequence ``(layers + 1, tokens, hidden)`` at its real tokens, keyed by their ids, token types and positions
+    (BERT's positions count the padding on the left), until the next one would take more than ``max_bytes`` (0:
+    nothing is kept). A batch comes from the cache when all its rows do; its padding positions are then zeros,
+    which nothing reads (padding is masked out of the attention and every loss)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.rows, self.full = max_bytes, 0, {}, max_bytes == 0
+
+    @staticmethod
+    def keys(inputs: Mapping[str, torch.Tensor]) -> tuple[list[bytes], torch.Tensor]:
+        """Each row's key and the batch's mask ``(batch, seq)``, on the CPU."""
+        mask = inputs["attention_mask"].cpu().bool()
+        columns = [inputs[name].cpu() for name in MODEL_INPUTS if name in inputs and name != "attention_mask"]
+        positions = torch.arange(mask.shape[1])
+        return [
+            b"".join(
+                column[row][mask[row]].numpy().tobytes() for column in [*columns, positions.expand_as(mask)]
+            )
+            for row in range(mask.shape[0])
+        ], mask
+
+    def get(self, keys: list[bytes], mask: torch.Tensor, device) -> tuple[torch.Tensor, ...] | None:
+        """The hidden states of a batch whose rows are all held, else None."""
+        if any(key not in self.rows for key in keys):
+            return None
+        # the rows' real tokens in batch order: the order of the mask's True entries, flattened
+        real = torch.cat([self.rows[key] for key in keys], dim=1)
+        full = real.new_zeros(real.shape[0], mask.numel(), real.shape[2])
+        full.index_copy_(1, mask.flatten().nonzero().squeeze(1).to(device), real)
+        return full.view(real.shape[0], *mask.shape, real.shape[2]).unbind(0)
+
+    def put(self, keys: list[bytes], mask: torch.Tensor, hidden_states: tuple[torch.Tensor, ...]) -> None:
+        """Keep the new rows of a batch the teacher ran on, ``hidden_states``: ``layers + 1`` of ``(batch, seq,
+        hidden)``."""
+        new = [row for row, key in enumerate(keys) if key not in self.rows]
+        if self.full or not new:
+            return
+        # one gather of every real token (a few launches on a GPU, not one per row), then a view per row
+        flat = mask.flatten().nonzero().squeeze(1).to(hidden_states[0].device)
+        real = torch.stack(hidden_states).flatten(1, 2).index_select(1, flat)
+        rows = real.split(mask.sum(1).tolist(), dim=1)
+        for row in new:
+            if keys[row] in self.rows:  # the same text twice in the batch
+                continue
+            # a view would keep the rows already held alive a second time
+            kept = rows[row] if len(new) == len(keys) else rows[row].clone()
+            size = kept.numel() * kept.element_size()
+            if self.bytes + size > self.max_bytes:
+                self.full = True
+                return
+            self.rows[keys[row]] = kept
+            self.bytes += size
+
+
 class _Run:
     """The models, the accelerator and the per-batch computations of one transfer."""
 
-    def __init__(self, teacher, student, settings: TransferSettings, accelerator: Accelerator):
+    def __init__(
+        self,
+        teacher,
+        student,
+        settings: TransferSettings,
+        accelerator: Accelerator,
+        teacher_cache_bytes: int | None = None,
+    ):
         self.teacher, self.student, self.settings, self.accelerator = teacher, student, settings, accelerator
+        if teacher_cache_bytes is None:
+            teacher_cache_bytes = TEACHER_CACHE_BYTES if accelerator.device.type == "cpu" else 0
+        elif accelerator.device.type == "cuda":  # a quarter of the free memory at most
+            teacher_cache_bytes = min(
+                teacher_cache_bytes, torch.cuda.mem_get_info(accelerator.device)[0] // 4
+            )
+        self.teacher_cache = _TeacherCache(teacher_cache_bytes)
         # Stacking saves kernel launches, which bound a GPU step; on the CPU, whose arithmetic bounds a step, it only
         # makes every temporary six times larger (MiniLM on 2 cores: 2.4 s a layer step one by one, 5.6 s stacked).
         self.groups = self.layer_groups(stack=accelerator.device.type == "cuda")
 
     @classmethod
-    def prepared(cls, teacher, student, settings: TransferSettings, accelerator: Accelerator | None) -> _Run:
+    def prepared(
+        cls,
+        teacher,
+        student,
+        settings: TransferSettings,
+        accelerator: Accelerator | None,
+        teacher_cache_bytes: int | None = None,
+    ) -> _Run:
         """A run of ``settings`` (its ``loss`` resolved by ``check_models``, which refuses bad models before any
         work) with both models on the device of ``accelerator`` (default: a new ``Accelerator()``), in eval mode
         (dropout off: the student fits a deterministic function of the teacher, frozen for good) and without
@@ -303,13 +396,25 @@ class _Run:
         that no optimizer here clears, and that the user's next training step would add to its own)."""
         settings = replace(settings, loss=check_models(teacher, student, settings.loss))
         accelerator = accelerator or Accelerator()
+        if teacher_cache_bytes is not None and (
+            isinstance(teacher_cache_bytes, bool)
+            or not isinstance(teacher_cache_bytes, int)
+            or teacher_cache_bytes < 0
+        ):
+            raise ValueError(
+                f"teacher_cache_bytes must be an integer >= 0 or None, got {teacher_cache_bytes!r}"
+            )
         for model in (teacher, student):
             model.to(accelerator.device).eval().requires_grad_(False)
-        return cls(teacher, student, settings, accelerator)
+        return cls(teacher, student, settings, accelerator, teacher_cache_bytes)
 
     def stream(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
-        """The model inputs of ``batches`` on the device, cycled for ever."""
-        return (_model_inputs(batch, self.accelerator.device) for batch in _cycle(batches))
+        """The model inputs of ``batches`` on the device, cycled for ever (with their teacher-cache keys)."""
+        for batch in _cycle(batches):
+            inputs = _Inputs(_model_inputs(batch, self.accelerator.device))
+            if not self.teacher_cache.full or self.teacher_cache.rows:
+                inputs.cache_keys = self.teacher_cache.keys(batch)
+            yield inputs
 
     def stages(self) -> list[Stage]:
         """The layer-by-layer stage, then the end-to-end stage, as ``settings`` sets them (a stage of 0 steps is
@@ -342,10 +447,26 @@ class _Run:
 
     def teacher_pass(self, inputs):
         """The teacher's ``layers + 1`` hidden states ``(batch, seq, hidden)``, without gradient: the embeddings'
-        output (layer 0's input), then each layer's output (the next one's input; the last is the final state)."""
+        output (layer 0's input), then each layer's output (the next one's input; the last is the final state).
+        The teacher runs only on the rows the cache does not hold (padding positions of cached batches are zero)."""
+        cache = self.teacher_cache
+        if cache.full and not cache.rows:
+            return self.teacher_forward(inputs)
+        keys, mask = getattr(inputs, "cache_keys", None) or cache.keys(inputs)
+        missing = [row for row, key in enumerate(keys) if key not in cache.rows]
+        if missing and not cache.full:
+            rows = inputs
+            if len(missing) < len(keys):  # the same columns: BERT's positions count left padding
+                index = torch.tensor(missing, device=self.accelerator.device)
+                rows = {name: value.index_select(0, index) for name, value in inputs.items()}
+            cache.put([keys[row] for row in missing], mask[missing], self.teacher_forward(rows))
+        cached = cache.get(keys, mask, self.accelerator.device)
+        return cached if cached is not None else self.teacher_forward(inputs)
+
+    def teacher_forward(self, inputs) -> tuple[torch.Tensor, ...]:
+        """The teacher run on ``inputs``: ``teacher_pass`` without the cache."""
         with torch.no_grad(), self.accelerator.autocast():
-            output = self.teacher.base_model(**inputs, output_hidden_states=True)
-        return output.hidden_states
+            return self.teacher.base_model(**inputs, output_hidden_states=True).hidden_states
 
     def layer_groups(self, stack: bool) -> list[list[int]]:
         """Runs of consecutive layers whose weight losses are computed stacked (``stacked_weight_losses``): with
@@ -495,6 +616,7 @@ def transfer_attention(
     *,
     accelerator: Accelerator | None = None,
     source: str = "",
+    teacher_cache_bytes: int | None = None,
 ) -> TransferReport:
     """Train ``student``'s attention to reproduce ``teacher``'s, in place; returns the ``TransferReport`` (also
     printed as a table).
@@ -504,11 +626,14 @@ def transfer_attention(
     ``{input_ids, attention_mask[, token_type_ids]}: (batch, seq)`` (other keys, e.g. labels, are ignored), cycled
     as long as needed; its first ``settings.eval_batches`` batches are the evaluation set. ``accelerator``:
     device and precision (default: a new ``Accelerator()``); ``source``: a description of the text, for the
-    report. Padding (``attention_mask == 0``) is excluded from the attention and from every loss.
+    report; ``teacher_cache_bytes``: memory for the teacher's hidden states of the sequences seen, so that each
+    later pass over them skips the teacher (None: ``TEACHER_CACHE_BYTES`` on the CPU, none on a GPU; on a GPU at
+    most a quarter of its free memory; 0: none). Padding
+    (``attention_mask == 0``) is excluded from the attention and from every loss.
     """
     teacher_was_training, student_was_training = teacher.training, student.training
     student_requires_grad = {param: param.requires_grad for param in student.parameters()}
-    run = _Run.prepared(teacher, student, settings or TransferSettings(), accelerator)
+    run = _Run.prepared(teacher, student, settings or TransferSettings(), accelerator, teacher_cache_bytes)
     settings, accelerator = run.settings, run.accelerator
     try:
         stream = run.stream(batches)

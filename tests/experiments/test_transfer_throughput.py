@@ -43,6 +43,21 @@ def test_every_variant_and_stage_is_timed(tmp_path, capsys):
     assert all(float(row[2]) > 0 and len(row) == 3 for row in rows)  # no profile columns without CUDA
 
 
+def test_teacher_cache_is_off_unless_asked(tmp_path, capsys, monkeypatch):
+    """Without ``--teacher_cache`` every timed step runs the teacher; with it, the run keeps a cache."""
+    budgets = []
+    prepared = transfer_throughput._Run.prepared
+
+    def spy(*args, teacher_cache_bytes, **kwargs):
+        budgets.append(teacher_cache_bytes)
+        return prepared(*args, teacher_cache_bytes=teacher_cache_bytes, **kwargs)
+
+    monkeypatch.setattr(transfer_throughput._Run, "prepared", spy)
+    run_table(tmp_path / "off", capsys, "--variants", "lln")
+    rows = run_table(tmp_path / "on", capsys, "--variants", "lln", "--teacher_cache")
+    assert budgets == [0, transfer_throughput.TEACHER_CACHE_BYTES] and len(rows) == 2
+
+
 @pytest.mark.gpu
 def test_profile_counts_launches_on_cuda(tmp_path, capsys):
     rows = run_table(tmp_path, capsys, "--variants", "lln_diag", "--profile", "--profile_steps", "2")
