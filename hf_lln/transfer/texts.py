@@ -96,8 +96,8 @@ def load_texts(source: str | os.PathLike | None = None, *, split: str = "train")
 
 class _TokenCache:
     """Tokenises each text once, when a batch first asks for it (a transfer cycles through its text many times,
-    and tokenising a batch costs more than a GPU transfer step computes), and pads batches from the cache exactly
-    as ``tokenizer(texts, padding=True, truncation=True, max_length=...)`` would."""
+    and tokenising a batch costs more than a GPU transfer step computes); ``tokenizer.pad`` pads each batch as
+    ``tokenizer(texts, padding=True, truncation=True, max_length=...)`` would."""
 
     def __init__(self, texts: list[str], tokenizer, max_length: int):
         self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
@@ -111,20 +111,7 @@ class _TokenCache:
             )
             for row, index in enumerate(missing):
                 self.encodings[index] = {key: values[row] for key, values in encoded.items()}
-        rows = [self.encodings[index] for index in indices]
-        length = max(len(row["input_ids"]) for row in rows)
-        left = self.tokenizer.padding_side == "left"
-        batch = {}
-        for key in rows[0]:
-            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
-            padded = [
-                [fill] * (length - len(row[key])) + row[key]
-                if left
-                else row[key] + [fill] * (length - len(row[key]))
-                for row in rows
-            ]
-            batch[key] = torch.tensor(padded, dtype=torch.long)
-        return batch
+        return self.tokenizer.pad([self.encodings[index] for index in indices], return_tensors="pt")
 
 
 class AlternatingBatches:
