@@ -15,10 +15,13 @@ An experiment harness (not library code). Two parts, each arm a fresh process-po
   attention transfer on the task's training inputs), ``transfer+e2e+distill`` (three times the layer-by-layer
   steps, then end-to-end steps on the final hidden states), ``-a0.9`` variants with distillation weight 0.9
   instead of 0.5, and ``transfer+e2elayersall+distill`` (the end-to-end steps on every layer's output, training
-  every encoder parameter: what ``run_glue --teacher_model_name_or_path`` does by default) with a shorter
+  every encoder parameter: ``run_glue --teacher_model_name_or_path``'s default until the fifth study) with a shorter
   (``transfer-short``) or faster (``-lr3e-3``) layer stage, twice the end-to-end steps (``-x2``), another
   fine-tuning rate (``-lr2e-5``, ``-lr1e-4``), both layer losses (``transfer-both``), a learnable LLN+Diag mix
-  (``-mixratio``) or LLN+Diag blocks of 32 or 64 tokens (``-block32``, ``-block64``).
+  (``-mixratio``) or LLN+Diag blocks of 32 or 64 tokens (``-block32``, ``-block64``); and the cheaper ones of the
+  fifth study, whose fine-tuning also distils every layer's hidden states (``distill-hidden``, after 300 or 100
+  layer steps: ``transfer+``, ``transfer-tiny+``; with weight 3: ``-hidden3``; ``transfer-lr3e-3+distill-hidden3``
+  is ``run_glue --teacher_model_name_or_path``'s default).
   Reported: the dev score (CoLA MCC, SST-2 accuracy, MRPC mean of accuracy and F1), its ratio to the teacher's,
   and the share of dev predictions equal to the teacher's.
 
@@ -61,7 +64,13 @@ from transformers import (
 
 import hf_lln  # noqa: F401  (registers the attention variants)
 from hf_lln.models.configuration_lln import lln_config_from
-from hf_lln.transfer import TransferSettings, distillation_loss, load_texts, text_batches, transfer_attention
+from hf_lln.transfer import (
+    TransferSettings,
+    distillation_objective,
+    load_texts,
+    text_batches,
+    transfer_attention,
+)
 
 
 @dataclass(frozen=True)
@@ -193,15 +202,16 @@ def zero_shot_steps(arm: str, scale: Scale) -> int:
 class FinetuneArm:
     """A student: ``from_teacher`` (start from the fine-tuned teacher and distil its logits with weight
     ``distill_alpha``, else from the pretrained MiniLM on the task loss alone); ``transfer_factor`` and
-    ``end_to_end_factor`` times the scale's ``task_transfer_steps`` of attention transfer on the task's inputs
-    first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``learning_rate_scale`` on
+    ``end_to_end_factor`` times the scale's ``task_transfer_steps`` (rounded) of attention transfer on the task's
+    inputs first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``learning_rate_scale`` on
     the fine-tuning's learning rate, ``attention_lr_scale`` on top of it for the q/k projections'; ``config`` (pairs)
     overrides of the student's config (its attention's settings)."""
 
     from_teacher: bool
-    transfer_factor: int = 0
-    end_to_end_factor: int = 0
+    transfer_factor: float = 0
+    end_to_end_factor: float = 0
     distill_alpha: float = 0.5
+    hidden_weight: float = 0.0
     attention_lr_scale: float = 1.0
     learning_rate_scale: float = 1.0
     transfer: tuple = ()
@@ -209,7 +219,8 @@ class FinetuneArm:
 
 
 E2E_LAYERS_ALL = tuple(LAYERS_ALL.items())  # the end-to-end stage of TransferSettings' defaults
-# the fine-tuned conversion's default (run_glue --teacher_model_name_or_path), which the arms after it vary
+# the fine-tuned conversion's default (run_glue --teacher_model_name_or_path) until the fifth study, which the arms
+# after it vary
 E2E_LAYERS_ALL_ARM = FinetuneArm(
     from_teacher=True, transfer_factor=3, end_to_end_factor=1, transfer=E2E_LAYERS_ALL
 )
@@ -245,6 +256,24 @@ FINETUNE_ARMS = {
         E2E_LAYERS_ALL_ARM, config=(("lln_mix_mode", "learnable_ratio"),)
     ),
     "transfer+e2elayersall+distill-a0.9": replace(E2E_LAYERS_ALL_ARM, distill_alpha=0.9),
+    # the cost (fifth study): the end-to-end stage folded into the fine-tuning, which distils every layer's hidden
+    # states with weight 1 (run_glue --distill_hidden_weight), after 300, 100 or no layer steps
+    "distill-hidden": FinetuneArm(from_teacher=True, hidden_weight=1.0),
+    "transfer+distill-hidden": FinetuneArm(from_teacher=True, transfer_factor=1, hidden_weight=1.0),
+    "transfer-tiny+distill-hidden": FinetuneArm(from_teacher=True, transfer_factor=1 / 3, hidden_weight=1.0),
+    "transfer+distill-hidden3": FinetuneArm(from_teacher=True, transfer_factor=1, hidden_weight=3.0),
+    "distill-hidden3": FinetuneArm(from_teacher=True, hidden_weight=3.0),
+    "transfer-tiny+distill-hidden3": FinetuneArm(from_teacher=True, transfer_factor=1 / 3, hidden_weight=3.0),
+    "transfer-tiny-lr3e-3+distill-hidden3": FinetuneArm(
+        from_teacher=True, transfer_factor=1 / 3, hidden_weight=3.0, transfer=(("learning_rate", 3e-3),)
+    ),
+    # run_glue's default, measured through run_glue itself (docs/quality.md, fifth study)
+    "transfer-lr3e-3+distill-hidden3": FinetuneArm(
+        from_teacher=True, transfer_factor=1, hidden_weight=3.0, transfer=(("learning_rate", 3e-3),)
+    ),
+    "transfer-half-lr3e-3+distill-hidden3": FinetuneArm(
+        from_teacher=True, transfer_factor=1 / 2, hidden_weight=3.0, transfer=(("learning_rate", 3e-3),)
+    ),
 }
 KEY_FINETUNE_ARMS = ("plain", "distill", "transfer+e2e+distill", "transfer+e2elayersall+distill")
 TASKS = ("cola", "mrpc", "sst2")
@@ -442,10 +471,12 @@ def train_classifier(
     *,
     teacher=None,
     distill_alpha=0.5,
+    hidden_weight=0.0,
     attention_lr_scale=1.0,
     learning_rate_scale=1.0,
 ) -> float:
-    """AdamW (weight decay 0.01, 10% warm-up, linear decay), task loss or task + distillation; returns seconds."""
+    """AdamW (weight decay 0.01, 10% warm-up, linear decay), task loss or task + distillation of the logits (and of
+    the hidden states with ``hidden_weight``, as ``run_glue --distill_hidden_weight``); returns seconds."""
     scale = context.scale
     learning_rate = scale.learning_rate * learning_rate_scale
     attention = {
@@ -465,18 +496,22 @@ def train_classifier(
         for batch in loader:
             batch = {key: value.to(context.device) for key, value in batch.items()}
             with context.autocast():
-                output = model(**batch)
+                output = model(**batch, output_hidden_states=hidden_weight > 0)
                 loss = output.loss
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                    loss = distillation_loss(
-                        output.logits,
-                        teacher_logits,
-                        output.loss,
+                        teacher_output = teacher(
+                            **{k: v for k, v in batch.items() if k != "labels"},
+                            output_hidden_states=hidden_weight > 0,
+                        )
+                    loss = distillation_objective(
+                        output,
+                        teacher_output,
+                        batch["attention_mask"],
                         alpha=distill_alpha,
                         temperature=DISTILL_TEMPERATURE,
                         regression=False,
+                        hidden_weight=hidden_weight,
                     )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -560,8 +595,8 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
         if spec.transfer_factor:
             steps = context.scale.task_transfer_steps
             settings = TransferSettings(
-                steps=spec.transfer_factor * steps,
-                end_to_end_steps=spec.end_to_end_factor * steps,
+                steps=round(spec.transfer_factor * steps),
+                end_to_end_steps=round(spec.end_to_end_factor * steps),
                 seed=seed,
                 **{**BASE, **dict(spec.transfer)},
             )
@@ -584,6 +619,7 @@ def student_arm(context: Context, task: str, seed: int, variant: str, arm: str) 
             epochs,
             teacher=teacher,
             distill_alpha=spec.distill_alpha,
+            hidden_weight=spec.hidden_weight,
             attention_lr_scale=spec.attention_lr_scale,
             learning_rate_scale=spec.learning_rate_scale,
         )

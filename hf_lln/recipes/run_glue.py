@@ -20,8 +20,9 @@ table. Several GPUs: ``accelerate launch -m hf_lln.recipes.run_glue ...``. The s
 Fine-tuned conversion: ``--teacher_model_name_or_path`` (a softmax checkpoint fine-tuned on the task, e.g. one this
 recipe wrote) with a linear ``--attn_implementation``: the student starts from the teacher's weights (or
 ``--model_name_or_path``'s), its attention is transferred on the task's training inputs, then it is fine-tuned on
-the task loss plus distillation of the teacher's predictions (``hf_lln.recipes.glue.teacher``);
-``eval_teacher_agreement`` is the share of dev predictions equal to the teacher's.
+the task loss plus distillation of the teacher's predictions and hidden states (``hf_lln.recipes.glue.teacher``);
+``eval_teacher_agreement`` is the share of dev predictions equal to the teacher's, ``transfer_runtime`` the
+transfer's seconds.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def finetune(
                 write_submission(task, split, splits[split]["idx"], predictions, submission_dir)
 
         results = {"train_samples": len(splits["train"]), **summary.results()}
+        if transfer is not None:  # the conversion's cost, beside the fine-tuning's train_runtime
+            results["transfer_runtime"] = transfer.runtime
         card = card_fields(task, args, results)
         if teacher is not None:
             card["training_summary"] += teacher_summary(args, transfer)

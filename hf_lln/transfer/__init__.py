@@ -8,11 +8,11 @@ fine-tuned (``hf-lln convert --transfer``, ``python -m hf_lln.recipes.run_glue -
 
 Modules: ``texts`` (text sources, batches), ``matching`` (one layer of teacher and student, the losses),
 ``params`` (which attention parameters train), ``loop`` (``TransferSettings``, ``transfer_attention``),
-``distill`` (logit distillation), ``options`` (``hf-lln convert --transfer``). Nothing here imports ``datasets``
+``distill`` (distillation of logits and hidden states), ``options`` (``hf-lln convert --transfer``). Nothing here imports ``datasets``
 (only a Hub text source does, when read); the GLUE side is the recipe's (``hf_lln.recipes.glue.teacher``).
 """
 
-from hf_lln.transfer.distill import distillation_loss
+from hf_lln.transfer.distill import distillation_loss, distillation_objective, layers_loss
 from hf_lln.transfer.loop import (
     END_TO_END_LOSSES,
     END_TO_END_TRAIN,
@@ -37,7 +37,9 @@ __all__ = [
     "attention_parameters",
     "check_models",
     "distillation_loss",
+    "distillation_objective",
     "encoder_layers",
+    "layers_loss",
     "load_texts",
     "text_batches",
     "transfer_attention",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 
@@ -28,6 +29,7 @@ from transformers import get_scheduler
 
 from hf_lln.models.configuration_lln import LLN_MODEL_TYPES, lln_settings
 from hf_lln.ops._checks import HALF_DTYPES
+from hf_lln.transfer.distill import layers_loss
 from hf_lln.transfer.matching import (
     LOSSES,
     attention_options,
@@ -153,7 +155,8 @@ class TransferSettings:
 class TransferReport:
     """What ``transfer_attention`` did. ``layer_before/after[i]``: layer ``i``'s loss on the evaluation batches;
     ``hidden_before/after``: relative squared error of the final hidden states; ``cosine_before/after``: mean
-    cosine of the mean-pooled final hidden states to the teacher's."""
+    cosine of the mean-pooled final hidden states to the teacher's; ``runtime``: seconds of training and
+    measuring."""
 
     settings: TransferSettings
     layer_before: list[float]
@@ -163,6 +166,7 @@ class TransferReport:
     cosine_before: float
     cosine_after: float
     source: str = ""
+    runtime: float = 0.0
 
     def table(self) -> str:
         """Markdown: one row per layer and one for the final hidden states, loss before and after."""
@@ -197,8 +201,8 @@ class TransferReport:
             )
         return (
             f"Attention transferred from the softmax model: {', then '.join(stages)}; on "
-            f"{self.source or 'the given batches'}. Measured on the first {s.eval_batches} batches, before and "
-            f"after:\n\n{self.table()}"
+            f"{self.source or 'the given batches'}, in {self.runtime:.1f} s. Measured on the first {s.eval_batches} "
+            f"batches, before and after:\n\n{self.table()}"
         )
 
     def to_dict(self) -> dict:
@@ -538,9 +542,8 @@ class _Run:
         kind = self.settings.end_to_end_loss
         with self.accelerator.autocast():
             output = self.student.base_model(**inputs, output_hidden_states=kind == "layers")
-        if kind == "layers":  # hidden_states[0], the embeddings' output, is the same in both models
-            pairs = zip(output.hidden_states[1:], target[1:], strict=True)
-            return torch.stack([hidden_loss(student, teacher, mask) for student, teacher in pairs]).mean()
+        if kind == "layers":
+            return layers_loss(output.hidden_states, target, mask)
         loss = hidden_loss(output.last_hidden_state, target[-1], mask)
         if kind == "pooled":
             loss = loss + 1 - pooled_cosine(output.last_hidden_state, target[-1], mask)
@@ -645,6 +648,7 @@ def transfer_attention(
     """
     teacher_was_training, student_was_training = teacher.training, student.training
     student_requires_grad = {param: param.requires_grad for param in student.parameters()}
+    start = time.perf_counter()
     run = _Run.prepared(teacher, student, settings or TransferSettings(), accelerator, teacher_cache_bytes)
     settings, accelerator = run.settings, run.accelerator
     try:
@@ -664,7 +668,17 @@ def transfer_attention(
         student.train(student_was_training)
         for param, requires_grad in student_requires_grad.items():
             param.requires_grad_(requires_grad)
-    report = TransferReport(settings, before[0], after[0], before[1], after[1], before[2], after[2], source)
+    report = TransferReport(
+        settings,
+        before[0],
+        after[0],
+        before[1],
+        after[1],
+        before[2],
+        after[2],
+        source,
+        runtime=time.perf_counter() - start,
+    )
     if accelerator.is_local_main_process:
         print(report.table())
     return report

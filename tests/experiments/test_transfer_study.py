@@ -38,7 +38,17 @@ def test_both_parts_run_resume_and_report(tiny_bert, tmp_path, capsys):
     flags = [
         *("--scale", "cpu", "--model_name_or_path", str(tiny_bert), "--glue_dir", str(FIXTURES)),
         *("--output_dir", str(tmp_path), "--variants", "lln", "--zeroshot_arms", "none", "qk-weights"),
-        *("--arms", "plain", "transfer+distill", "--tasks", "mrpc", "--seeds", "0", "--sentences", "4"),
+        *(
+            "--arms",
+            "plain",
+            "transfer-tiny+distill-hidden",
+            "--tasks",
+            "mrpc",
+            "--seeds",
+            "0",
+            "--sentences",
+            "4",
+        ),
         *("--transfer_steps", "3", "--threads", "1"),
     ]
     assert transfer_study.main(flags) == 0
@@ -49,17 +59,20 @@ def test_both_parts_run_resume_and_report(tiny_bert, tmp_path, capsys):
     )
     assert written == [
         "finetune/mrpc-lln-plain-seed0.json",
-        "finetune/mrpc-lln-transfer+distill-seed0.json",
+        "finetune/mrpc-lln-transfer-tiny+distill-hidden-seed0.json",
         "finetune/mrpc-teacher-seed0.json",
         "zeroshot/lln-none-seed0.json",
         "zeroshot/lln-qk-weights-seed0.json",
     ]
     transferred = json.loads((tmp_path / "zeroshot" / "lln-qk-weights-seed0.json").read_text())
     assert transferred["transfer"]["settings"]["steps"] == 3 and -1 <= transferred["cosine_mean"] <= 1
-    student = json.loads((tmp_path / "finetune" / "mrpc-lln-transfer+distill-seed0.json").read_text())
+    student = json.loads(
+        (tmp_path / "finetune" / "mrpc-lln-transfer-tiny+distill-hidden-seed0.json").read_text()
+    )
     assert 0 <= student["agreement"] <= 100 and "transferred_score" in student
+    assert student["transfer"]["settings"]["steps"] == 20  # a third of the CPU scale's 60
     report = (tmp_path / "report.md").read_text()
-    assert "| lln | qk-weights |" in report and "| mrpc | lln | transfer+distill |" in report
+    assert "| lln | qk-weights |" in report and "| mrpc | lln | transfer-tiny+distill-hidden |" in report
     capsys.readouterr()
     assert transfer_study.main(flags) == 0  # a rerun skips every finished arm
     assert "done" not in capsys.readouterr().out
@@ -95,3 +108,20 @@ def test_an_arm_config_sets_the_student_attention(tiny_bert):
     stock = transfer_study.classifier(tiny_bert, "lln_diag", 0)
     assert type(stock).__name__ == "BertForSequenceClassification"
     assert stock.config._attn_implementation == "lln_diag"
+
+
+def test_the_fine_tuned_conversion_default_is_an_arm():
+    """run_glue --teacher_model_name_or_path's defaults are arm transfer-lr3e-3+distill-hidden3 at the GPU scale."""
+    from hf_lln.recipes.glue.teacher import DEFAULTS
+
+    spec = transfer_study.FINETUNE_ARMS["transfer-lr3e-3+distill-hidden3"]
+    steps = transfer_study.SCALES["gpu"].task_transfer_steps
+    arm = {
+        "distill_alpha": spec.distill_alpha,
+        "distill_temperature": transfer_study.DISTILL_TEMPERATURE,
+        "distill_hidden_weight": spec.hidden_weight,
+        "transfer_steps": round(spec.transfer_factor * steps),
+        "transfer_end_to_end_steps": round(spec.end_to_end_factor * steps),
+        "transfer_learning_rate": dict(spec.transfer)["learning_rate"],
+    }
+    assert arm == {name: DEFAULTS[name] for name in arm}

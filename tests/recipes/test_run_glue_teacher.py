@@ -17,6 +17,7 @@ from transformers import (
 
 from hf_lln.convert import convert_checkpoint
 from hf_lln.recipes import run_glue
+from hf_lln.transfer import layers_loss
 from tests._tiny import character_bert
 
 FIXTURES = Path(__file__).parents[2] / "tests" / "fixtures" / "glue"
@@ -86,6 +87,8 @@ def test_transferred_student_agrees_with_its_teacher_better_than_untransferred_o
         "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9",
     )
     assert "eval_teacher_agreement" not in plain["mrpc"]
+    # the conversion's cost is reported beside the fine-tuning's, where a transfer ran
+    assert "transfer_runtime" not in untransferred["mrpc"] and transferred["mrpc"]["transfer_runtime"] > 0
     for results in (untransferred, transferred):
         assert 0.0 <= results["mrpc"]["eval_teacher_agreement"] <= 1.0
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "transferred")
@@ -112,6 +115,41 @@ def test_teacher_without_transfer_still_distils(teacher, tmp_path):
     assert "No attention transfer." in (tmp_path / "README.md").read_text()
 
 
+def hidden_state_error(teacher: Path, student: Path) -> float:
+    """``layers_loss`` of the student's hidden states to the teacher's on every fixture MRPC pair."""
+    rows = [row for split in ("train", "validation", "test") for row in EXPECTED["mrpc"][split]]
+    inputs = AutoTokenizer.from_pretrained(teacher)(
+        [r[0] for r in rows], [r[1] for r in rows], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = [
+            AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation=attention)
+            .eval()(**inputs, output_hidden_states=True)
+            .hidden_states
+            for folder, attention in ((teacher, "sdpa"), (student, "lln"))
+        ]
+    return layers_loss(states[1], states[0], inputs["attention_mask"].bool()).item()
+
+
+def test_hidden_state_distillation_keeps_the_student_near_the_teachers_layers(teacher, tmp_path):
+    """The same fine-tuning with and without --distill_hidden_weight: with it, every layer's output stays
+    closer to the teacher's (the end-to-end transfer stage's loss, folded into the fine-tuning)."""
+    same = (
+        f"--teacher_model_name_or_path {teacher} --task_name mrpc --glue_dir {FIXTURES} --attn_implementation lln "
+        "--max_train_steps 12 --learning_rate 1e-2 --transfer_steps 0 --transfer_end_to_end_steps 0"
+    )
+    run(tmp_path / "without", same, "--distill_hidden_weight 0")
+    run(tmp_path / "with", same, "--distill_hidden_weight 10")
+    error = {name: hidden_state_error(teacher, tmp_path / name) for name in ("without", "with")}
+    assert error["with"] < 0.7 * error["without"], error
+    cards = {name: (tmp_path / name / "README.md").read_text() for name in ("without", "with")}
+    assert "temperature 2). No attention transfer." in cards["without"]
+    assert (
+        "temperature 2) and of every layer's hidden states (weight 10). No attention transfer."
+        in cards["with"]
+    )
+
+
 def test_end_to_end_transfer_alone(teacher, tmp_path):
     run(
         tmp_path,
@@ -136,6 +174,10 @@ def test_end_to_end_transfer_alone(teacher, tmp_path):
             "'cheap_linear' has none",
         ),
         ("--task_name mrpc --attn_implementation lln --distill_alpha 1.5", "--distill_alpha must be in"),
+        (
+            "--task_name mrpc --attn_implementation lln --distill_hidden_weight -1",
+            "--distill_hidden_weight must be >= 0, got -1",
+        ),
         (
             "--task_name mrpc --attn_implementation lln --transfer_end_to_end_learning_rate 0",
             "--transfer_end_to_end_learning_rate must be > 0",
