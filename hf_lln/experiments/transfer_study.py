@@ -203,9 +203,10 @@ class FinetuneArm:
     """A student: ``from_teacher`` (start from the fine-tuned teacher and distil its logits with weight
     ``distill_alpha``, else from the pretrained MiniLM on the task loss alone); ``transfer_factor`` and
     ``end_to_end_factor`` times the scale's ``task_transfer_steps`` (rounded) of attention transfer on the task's
-    inputs first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``learning_rate_scale`` on
-    the fine-tuning's learning rate, ``attention_lr_scale`` on top of it for the q/k projections'; ``config`` (pairs)
-    overrides of the student's config (its attention's settings)."""
+    inputs first (0: none), with the ``TransferSettings`` fields of ``transfer`` (pairs) set; ``hidden_weight`` on the
+    distillation of every layer's hidden states during the fine-tuning; ``learning_rate_scale`` on the fine-tuning's
+    learning rate, ``attention_lr_scale`` on top of it for the q/k projections'; ``config`` (pairs) overrides of the
+    student's config (its attention's settings)."""
 
     from_teacher: bool
     transfer_factor: float = 0
