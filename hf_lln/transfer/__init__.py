@@ -8,8 +8,9 @@ fine-tuned (``hf-lln convert --transfer``, ``python -m hf_lln.recipes.run_glue -
 
 Modules: ``texts`` (text sources, batches), ``matching`` (one layer of teacher and student, the losses),
 ``params`` (which attention parameters train), ``loop`` (``TransferSettings``, ``transfer_attention``),
-``distill`` (distillation of logits and hidden states), ``options`` (``hf-lln convert --transfer``). Nothing here imports ``datasets``
-(only a Hub text source does, when read); the GLUE side is the recipe's (``hf_lln.recipes.glue.teacher``).
+``distill`` (distillation of logits and hidden states), ``options`` (``hf-lln convert --transfer``). Nothing here
+imports ``datasets`` (only a Hub text source does, when read); the GLUE side is the recipe's
+(``hf_lln.recipes.glue.teacher``).
 """
 
 from hf_lln.transfer.distill import distillation_loss, distillation_objective, layers_loss
