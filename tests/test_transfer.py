@@ -36,8 +36,9 @@ from hf_lln.transfer import (
     text_batches,
     transfer_attention,
 )
-from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run
+from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run, clip_each_group
 from hf_lln.transfer.matching import (
+    attention_options,
     layer_loss,
     lln_log_probs,
     split_heads,
@@ -309,6 +310,170 @@ def test_stacked_weight_losses_equal_each_layer_on_its_own(variant, groups):
         )
 
 
+@pytest.mark.parametrize("variant", ["lln", "lln_diag", "linear_elu"])
+def test_weight_loss_on_a_sample_of_queries_is_the_mean_over_their_rows(variant):
+    """With ``queries``, the weight loss is the mean KL of those query rows alone (the real ones: a position past a
+    row's length is padding there), computed from the dense reference matrices; the stacked GPU path gives the
+    same losses and gradients as each layer alone."""
+    teacher, student = tiny_pair(variant)
+    inputs = random_batches(count=1)[0]
+    mask = inputs["attention_mask"].bool()
+    queries = torch.tensor([7, 0, 10, 3])  # 7 and 10 are padding in row 3, 10 in row 1
+    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    hidden_states = run.teacher_pass(inputs)
+    hidden = hidden_states[1]
+    t, s = encoder_layers(teacher)[1].attention.self, encoder_layers(student)[1].attention.self
+    with torch.no_grad():
+        got = layer_loss(
+            "weights",
+            student_attention(encoder_layers(student)[1], hidden, mask, "weights", queries),
+            teacher_attention(encoder_layers(teacher)[1], hidden, mask, "weights", queries),
+            mask,
+            queries,
+        )
+        q, k = (x.double() for x in split_heads(t, hidden, "qk"))
+        visible = reference.visible_keys(mask, *mask.shape, False, mask.device)
+        teacher_probs = reference.softmax_rows(t.scaling * q @ k.transpose(-1, -2), visible)
+        q, k = (x.double() for x in split_heads(s, hidden, "qk"))
+        options = attention_options(s)
+        student_probs = {
+            "lln": lambda: reference.lln_matrix(q, k, mask, scale=s.scaling),
+            "lln_diag": lambda: reference.lln_diag_matrix(
+                q, k, mask, block_size=options["block_size"], scale=s.scaling
+            ),
+            "linear_elu": lambda: reference.linear_elu_matrix(q, k, mask),
+        }[variant]()
+    kl = torch.where(
+        visible, torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_probs.log(), 0
+    ).sum(-1)[:, :, queries]
+    real = mask[:, None, queries].expand_as(kl)
+    torch.testing.assert_close(got.double(), kl[real].mean(), rtol=1e-4, atol=1e-6)
+
+    alone = run.layer_losses(inputs, hidden_states, queries)
+    run.groups = run.layer_groups(stack=True)  # as on a GPU
+    stacked = run.layer_losses(inputs, hidden_states, queries)
+    torch.testing.assert_close(torch.stack(stacked), torch.stack(alone))
+    torch.testing.assert_close(alone[1], got)
+    weights = [layer.attention.self.key.weight for layer in encoder_layers(student)]
+    for ours, theirs in zip(stacked, alone, strict=True):
+        torch.testing.assert_close(
+            torch.autograd.grad(ours, weights, retain_graph=True, materialize_grads=True),
+            torch.autograd.grad(theirs, weights, retain_graph=True, materialize_grads=True),
+        )
+
+
+def test_layer_steps_on_a_share_of_the_queries_train_and_repeat_with_the_seed():
+    """``query_fraction``: each step draws that share of the positions (at least one, none twice; all rows for
+    the output loss or a share of 1); the transfer still lowers every layer's loss, the same seed gives the same
+    weights, and the report says what was compared."""
+    teacher, student = tiny_pair("lln")
+    run = _Run(teacher, student, TransferSettings(query_fraction=0.25), Accelerator(cpu=True))
+    draws = [run.sample_queries({"attention_mask": torch.ones(2, 10)}) for _ in range(20)]
+    assert all(
+        len(draw) == 3 and len(set(draw.tolist())) == 3 and 0 <= min(draw) <= max(draw) < 10 for draw in draws
+    )
+    assert len({tuple(draw.tolist()) for draw in draws}) > 10
+    assert run.sample_queries({"attention_mask": torch.ones(2, 1)}) is None
+    run.settings = TransferSettings(query_fraction=0.25, loss="output")
+    assert run.sample_queries({"attention_mask": torch.ones(2, 10)}) is None
+
+    settings = TransferSettings(**SETTINGS, query_fraction=0.25)
+    results = []
+    for _ in range(2):
+        teacher, student = tiny_pair("lln_diag")
+        report = transfer_attention(teacher, student, random_batches(), settings)
+        results.append(student.state_dict())
+    assert all(a < 0.7 * b for a, b in zip(report.layer_after, report.layer_before, strict=True)), (
+        report.table()
+    )
+    for name, tensor in results[0].items():
+        torch.testing.assert_close(results[1][name], tensor, rtol=0, atol=0, msg=name)
+    assert (
+        "40 layer-by-layer steps (loss: weights, on a random 25% of the query rows each step)"
+        in report.summary()
+    )
+
+
+def test_clip_each_group_equals_clip_grad_norm_of_each():
+    """The layer groups are clipped together in one set of kernels, each to its own norm, as
+    ``torch.nn.utils.clip_grad_norm_`` clips each alone (a group without gradients is left alone)."""
+    generator = torch.Generator().manual_seed(0)
+    groups = [[torch.zeros(5, 3, requires_grad=True), torch.zeros(4, requires_grad=True)] for _ in range(3)]
+    groups.append([torch.zeros(2, requires_grad=True)])
+    for scale, group in zip((0.1, 1.0, 10.0), groups, strict=False):
+        for param in group:
+            param.grad = torch.randn(param.shape, generator=generator) * scale
+    expected = []
+    for group in groups[:3]:
+        copies = [torch.zeros_like(param, requires_grad=True) for param in group]
+        for copy, param in zip(copies, group, strict=True):
+            copy.grad = param.grad.clone()
+        norm = torch.nn.utils.clip_grad_norm_(copies, 1.0)
+        expected.append((norm, [copy.grad for copy in copies]))
+    clip_each_group(groups, 1.0)
+    for (_, grads), group in zip(expected, groups, strict=False):
+        for grad, param in zip(grads, group, strict=True):
+            torch.testing.assert_close(param.grad, grad, rtol=1e-6, atol=0)
+    assert [norm.item() > 1 for norm, _ in expected] == [False, True, True]
+    assert groups[3][0].grad is None
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_the_teacher_runs_once_on_the_new_rows_of_several_batches(family):
+    """``cache_teacher`` (the GPU's look-ahead): one teacher pass over the rows of several batches of different
+    widths that the cache lacks, each once; every batch then comes from the cache, equal at its real tokens to
+    the teacher run on it."""
+    teacher, student = tiny_pair("lln", family)
+    run = _Run.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
+    first, second = random_batches(count=2)
+    narrow = {key: value[:, :9] for key, value in second.items()}  # row 3: 6 real tokens, 3 pad columns
+    narrow["attention_mask"][:, 8] = 0
+    again = shuffled_rows(first, [2, 0], width=14)  # rows of the first batch, padded wider
+    run.teacher_pass(again)
+    batches = [run.inputs(batch) for batch in (first, narrow, again)]
+    sizes = []
+    calls = count_forwards(teacher, sizes)
+    run.cache_teacher(batches)
+    assert calls[0] == 1 and sizes == [6]  # rows 1 and 3 of the first batch and all of the second
+    run.cache_teacher(batches)
+    assert calls[0] == 1
+    for batch in batches:
+        cached = run.teacher_pass(batch)
+        mask = batch["attention_mask"].bool()
+        with torch.no_grad():
+            fresh = teacher(**batch, output_hidden_states=True).hidden_states
+        for ours, theirs in zip(cached, fresh, strict=True):
+            torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+    assert calls[0] == 1 + len(batches)  # only the fresh references above
+
+
+@pytest.mark.gpu
+def test_the_gpu_look_ahead_trains_as_the_teacher_on_every_batch():
+    """On a GPU the teacher runs ahead over several batches at once and is then read from the cache: the same
+    transfer as one running the teacher at every step."""
+    settings = TransferSettings(**{**SETTINGS, "end_to_end_steps": 10}, loss="both")
+    results = []
+    for budget in (0, None):
+        teacher, student = tiny_pair("lln", shape={"hidden_size": 64, "num_attention_heads": 2})
+        AcceleratorState._reset_state(True)
+        calls = count_forwards(teacher)
+        report = transfer_attention(
+            teacher,
+            student,
+            random_batches(count=10),
+            settings,
+            accelerator=Accelerator(mixed_precision="no"),
+            teacher_cache_bytes=budget,
+        )
+        results.append((report, student.state_dict(), calls[0]))
+    AcceleratorState._reset_state(True)
+    (plain, weights, plain_calls), (cached, cached_weights, cached_calls) = results
+    assert plain_calls > 50 and cached_calls == 2  # 10 batches: two look-aheads of 8
+    assert cached.layer_after == pytest.approx(plain.layer_after, rel=1e-3)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(cached_weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize(("variant", "train"), [("lln", "qk"), ("lln_diag", "lora")])
 def test_padding_changes_nothing_for_the_real_tokens(variant, train):
     """The same sequences with 5 more pad columns give the same transfer, to float rounding."""
@@ -426,7 +591,7 @@ def test_teacher_cache_keeps_to_its_budget_and_changes_no_result():
         torch.testing.assert_close(cached_weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="teacher_cache_bytes must be an integer >= 0 or None, got -1"):
         transfer_attention(teacher, student, batches, settings, teacher_cache_bytes=-1)
-    # the default: on the CPU, TEACHER_CACHE_BYTES (on a GPU, none: not timed there yet)
+    # the default: TEACHER_CACHE_BYTES (on a GPU, at most a quarter of its free memory)
     default = _Run.prepared(teacher, student, settings, Accelerator(cpu=True))
     assert default.teacher_cache.max_bytes == TEACHER_CACHE_BYTES and not default.teacher_cache.full
 
@@ -719,6 +884,9 @@ def test_bad_models_and_settings_are_refused(tmp_path):
         (dict(learning_rate=True), "learning_rate must be a number > 0"),
         (dict(mixed_lengths="yes"), "mixed_lengths must be True or False"),
         (dict(max_length=1), "mixed_lengths halves max_length"),
+        (dict(query_fraction=0), r"query_fraction must be a number in \(0, 1\], got 0"),
+        (dict(query_fraction=1.5), r"query_fraction must be a number in \(0, 1\], got 1.5"),
+        (dict(query_fraction=True), r"query_fraction must be a number in \(0, 1\], got True"),
     ]:
         with pytest.raises(ValueError, match=match):
             TransferSettings(**bad)

@@ -5,10 +5,9 @@ Times the steps ``hf_lln.transfer.transfer_attention`` runs (the layer stage's a
 converted to each variant: ``--warmup_steps`` steps, then ``--steps`` timed ones. With ``--profile`` (CUDA) it also
 counts, over ``--profile_steps`` more steps, the kernel launches per step and the device time torch.profiler records
 (kernels, plus the span of the optimizer step): a GPU step whose ms far exceed its device ms is bound by the host.
-Every step runs the teacher, as on a transfer's first pass over its text (and on a GPU, where ``transfer_attention``
-keeps no teacher cache by default); ``--teacher_cache`` keeps the teacher's hidden states, as it does on the CPU, so
-that steps on texts met again skip it (warm up over the whole text: a short ``--text`` and enough
-``--warmup_steps``).
+Every step runs the teacher, as on a transfer's first pass over its text; ``--teacher_cache`` keeps the teacher's
+hidden states, as ``transfer_attention`` does by default, so that steps on texts met again skip it (warm up over the
+whole text: a short ``--text`` and enough ``--warmup_steps``).
 
     python -m hf_lln.experiments.transfer_throughput --model_name_or_path MINILM --text wiki.txt --profile
     python -m hf_lln.experiments.transfer_throughput --model_name_or_path MINILM --steps 4 --warmup_steps 1  # CPU
@@ -47,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--teacher_cache",
         action="store_true",
-        help="keep the teacher's hidden states of the texts seen (transfer_attention's default on the CPU)",
+        help="keep the teacher's hidden states of the texts seen (transfer_attention's default)",
     )
     args = parser.parse_args(argv)
     for name in ("steps", "profile_steps"):

@@ -90,15 +90,20 @@ def dense_lln(q, k, v, mask=None, *, causal=False, scale=None, eps=1e-6, stats="
     return lln_matrix(q, k, mask, causal=causal, scale=scale, stats=stats) @ v
 
 
-def block_diag_matrix(q, k, mask=None, *, block_size=None, causal=False, scale=None) -> torch.Tensor:
-    """Softmax of ``scale·q_i·k_j`` over visible keys in the same block (``i // block_size == j // block_size``)."""
+def block_diag_matrix(
+    q, k, mask=None, *, block_size=None, causal=False, scale=None, queries=None
+) -> torch.Tensor:
+    """Softmax of ``scale·q_i·k_j`` over visible keys in the same block (``i // block_size == j // block_size``).
+    ``queries: (count,)`` long: compute only these query positions' rows, ``(batch, heads, count, seq)``."""
     seq, head_dim = q.shape[2], q.shape[3]
     block = head_dim if block_size is None else block_size
     scale = head_dim**-0.5 if scale is None else scale
     index = torch.arange(seq, device=q.device)
-    same_block = (index[:, None] // block) == (index[None, :] // block)
-    visible = visible_keys(mask, q.shape[0], seq, causal, q.device) & same_block
-    return softmax_rows(scale * q @ k.transpose(-1, -2), visible)
+    rows = index if queries is None else queries
+    same_block = (rows[:, None] // block) == (index[None, :] // block)
+    visible = visible_keys(mask, q.shape[0], seq, causal, q.device)[:, :, rows] & same_block
+    q_rows = q if queries is None else q[:, :, queries]
+    return softmax_rows(scale * q_rows @ k.transpose(-1, -2), visible)
 
 
 def dense_block_diag(q, k, v, mask=None, *, block_size=None, causal=False, scale=None, dropout_p=0.0):

@@ -122,7 +122,8 @@ def finetune(
         # A resumed run restores the transferred and partly fine-tuned weights from its checkpoint.
         transfer = None
         if teacher is not None and args.resume_from_checkpoint is None:
-            transfer = transfer_on_task(accelerator, teacher, model, train_dl, args, task)
+            transfer_dl = make_dataloader(encoded["train"], collate, args.transfer_batch_size, shuffle=True)
+            transfer = transfer_on_task(accelerator, teacher, model, transfer_dl, args, task)
 
         optimizer = make_optimizer(model, args)
         model, optimizer, train_dl, *loaders = accelerator.prepare(

@@ -5,7 +5,9 @@ A BERT/RoBERTa attention block is ``LayerNorm(h + dense(attention(q(h), k(h), v(
 output of ``dense`` (the "o" projection), before the residual and the LayerNorm: the residual is the same for
 both models and would only dilute the difference. Students run their real attention function (the one the model
 uses at inference, fused kernels included); their attention matrix, needed by the weight loss only, is computed
-densely in O(seq²), which is fine for the short sequences transfer trains on.
+densely in O(seq²), which is fine for the short sequences transfer trains on. The weight loss may compare a
+sample of the query rows (``queries``, the positions kept): each row is a distribution to match on its own, so a
+random share of them is an unbiased estimate of the mean at that share of the O(seq²) work.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hf_lln.integration.attention import ATTENTION_FUNCTIONS
 from hf_lln.models.configuration_lln import lln_settings
 from hf_lln.ops.lln import lln_scales
 from hf_lln.ops.reference import block_diag_matrix
+from hf_lln.transfer.weight_kl import feature_kl
 from hf_lln.variants import VARIANTS, get_variant
 
 LOSSES = ("auto", "weights", "output", "both")
@@ -56,30 +59,41 @@ def _merge_heads(context: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax attention ``(batch, heads, seq, seq)`` in float32 over the real keys of ``mask: (batch, seq)``."""
+    """Softmax attention ``(batch, heads, queries, seq)`` in float32 of ``q: (batch, heads, queries, head_dim)``
+    over the real keys of ``k: (batch, heads, seq, head_dim)``, ``mask: (batch, seq)``."""
     logits = scale * q.float() @ k.float().transpose(-1, -2)
     return torch.softmax(logits.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
 
 
-def teacher_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str):
+def teacher_attention(
+    layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str, queries=None
+):
     """What ``loss`` compares of a softmax teacher layer, ``(output, probs)``: its attention output
-    ``(batch, seq, hidden)`` and attention probabilities ``(batch, heads, seq, seq)``, float32, each None when
-    ``loss`` does not use it. ``hidden: (batch, seq, hidden)`` the layer's input; ``mask: (batch, seq)`` bool."""
+    ``(batch, seq, hidden)`` and attention probabilities ``(batch, heads, seq, seq)`` (only the rows of the query
+    positions ``queries: (count,)`` where given), float32, each None when ``loss`` does not use it. ``hidden:
+    (batch, seq, hidden)`` the layer's input; ``mask: (batch, seq)`` bool."""
     self_attention = layer.attention.self
     needs_output = loss in ("output", "both")
     q, k, *v = split_heads(self_attention, hidden, "qkv" if needs_output else "qk")
+    if not needs_output:
+        return None, softmax_probs(_rows(q, queries), k, mask, self_attention.scaling)
     probs = softmax_probs(q, k, mask, self_attention.scaling)
-    output = None
-    if needs_output:
-        context = (probs @ v[0].float()).transpose(1, 2)
-        output = layer.attention.output.dense(_merge_heads(context).to(hidden.dtype)).float()
-    return output, probs if loss in ("weights", "both") else None
+    context = (probs @ v[0].float()).transpose(1, 2)
+    output = layer.attention.output.dense(_merge_heads(context).to(hidden.dtype)).float()
+    return output, _rows(probs, queries) if loss == "both" else None
 
 
-def student_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str):
+def _rows(x: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+    """The query rows ``queries`` of ``x: (batch, heads, seq, ...)`` (all of them for None)."""
+    return x if queries is None else x[:, :, queries]
+
+
+def student_attention(
+    layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, loss: str, queries=None
+):
     """What ``loss`` compares of a student layer, ``(output, log_probs)``: its attention output ``(batch, seq,
     hidden)`` through its own attention function and the log of its attention matrix ``(batch, heads, seq,
-    seq)``, float32, each None when ``loss`` does not use it."""
+    seq)`` (only the rows of ``queries`` where given), float32, each None when ``loss`` does not use it."""
     self_attention = layer.attention.self
     needs_output = loss in ("output", "both")
     q, k, *v = split_heads(self_attention, hidden, "qkv" if needs_output else "qk")
@@ -89,16 +103,16 @@ def student_attention(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.
         context, _ = attention(self_attention, q, k, v[0], mask, scaling=self_attention.scaling, dropout=0.0)
         output = layer.attention.output.dense(_merge_heads(context)).float()
     if loss in ("weights", "both"):
-        log_probs = student_log_probs(self_attention, q, k, mask)
+        log_probs = student_log_probs(self_attention, q, k, mask, queries)
     return output, log_probs
 
 
 def stacked_weight_losses(
-    teacher_layers, student_layers, hidden: torch.Tensor, mask: torch.Tensor
+    teacher_layers, student_layers, hidden: torch.Tensor, mask: torch.Tensor, queries=None
 ) -> torch.Tensor:
     """The attention-weight KL (``weights_loss``) of several layers at once, ``(layers,)`` float32: layer ``i`` of
     teacher and student on its input ``hidden[i]``, ``hidden: (layers, batch, seq, hidden)``, ``mask: (batch, seq)``
-    bool. The layers are stacked along the batch, so a step launches one set of kernels for all of them (a
+    bool, over the rows of the query positions ``queries: (count,)`` (all where None). The layers are stacked along the batch, so a step launches one set of kernels for all of them (a
     transfer step is bound by the host's launches, not by the GPU's arithmetic); the student layers must share
     their attention options (``attention_options``), which all but per-layer random features do."""
     layers = len(student_layers)
@@ -107,14 +121,15 @@ def stacked_weight_losses(
     students = [layer.attention.self for layer in student_layers]
     head_dim = students[0].attention_head_size
     with torch.no_grad():
-        q, k = (
-            stacked_heads([getattr(a, name) for a in teachers], hidden, head_dim) for name in ("query", "key")
+        q = stacked_heads(
+            [a.query for a in teachers], hidden if queries is None else hidden[:, :, queries], head_dim
         )
+        k = stacked_heads([a.key for a in teachers], hidden, head_dim)
         probs = softmax_probs(q, k, masks, teachers[0].scaling)
     q, k = (
         stacked_heads([getattr(a, name) for a in students], hidden, head_dim) for name in ("query", "key")
     )
-    return weights_loss(student_log_probs(students[0], q, k, masks), probs, masks, groups=layers)
+    return student_weights_loss(students[0], q, k, probs, masks, groups=layers, queries=queries)
 
 
 def resolve_loss(loss: str, variant: str, mix: str) -> str:
@@ -138,11 +153,18 @@ def resolve_loss(loss: str, variant: str, mix: str) -> str:
     return loss
 
 
-def lln_log_probs(q, k, mask, *, scale, stats) -> torch.Tensor:
-    """``log P`` of LLN, ``P_ij ∝ Σ_c exp(alpha q_ic) exp(beta k_jc)``, as a product of stabilised feature matrices
-    (``hf_lln.ops.reference.lln_matrix`` states the same formula with an O(seq²·head_dim) logsumexp)."""
+def lln_log_features(q, k, mask, *, scale, stats, queries=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLN's log feature maps ``(alpha q, beta k)``: the query rows of ``queries`` (all where None; alpha and beta
+    from every query) and every key, ``-inf`` at padded keys."""
     alpha, beta = lln_scales(q, k, mask, scale=scale, stats=stats)
-    log_q, log_k = alpha * q, (beta * k).masked_fill(~mask[:, None, :, None], float("-inf"))
+    return alpha * _rows(q, queries), (beta * k).masked_fill(~mask[:, None, :, None], float("-inf"))
+
+
+def lln_log_probs(q, k, mask, *, scale, stats, queries=None) -> torch.Tensor:
+    """``log P`` of LLN, ``P_ij ∝ Σ_c exp(alpha q_ic) exp(beta k_jc)``, as a product of stabilised feature matrices
+    (``hf_lln.ops.reference.lln_matrix`` states the same formula with an O(seq²·head_dim) logsumexp); only the rows
+    of ``queries`` where given (alpha and beta still from every query)."""
+    log_q, log_k = lln_log_features(q, k, mask, scale=scale, stats=stats, queries=queries)
     # Per-channel key maxima and per-row query maxima: constants of a row, so they cancel in the normalisation.
     key_max = log_k.amax(dim=2, keepdim=True).detach().clamp_min(torch.finfo(q.dtype).min)
     log_q = log_q + key_max
@@ -159,24 +181,50 @@ def attention_options(self_attention: torch.nn.Module) -> dict:
     return row.options(lln_settings(self_attention.config), self_attention.attention_head_size, layer_index)
 
 
-def student_log_probs(self_attention, q, k, mask) -> torch.Tensor:
+def student_log_probs(self_attention, q, k, mask, queries=None) -> torch.Tensor:
     """``log`` of the student's attention matrix ``(batch, heads, seq, seq)`` in float32, differentiable w.r.t.
     ``q, k: (batch, heads, seq, head_dim)``; masked keys get ``log(tiny)``, not ``-inf``. The matrix is the
     variant's (``hf_lln.variants``: its ``matrix`` with the options the attention function derives from the
-    config, per-layer ones included), LLN's in the product form of ``lln_log_probs``."""
+    config, per-layer ones included), LLN's in the product form of ``lln_log_probs``. With ``queries: (count,)``
+    only those query positions' rows, ``(batch, heads, count, seq)``: LLN and LLN+Diag compute only them, other
+    variants the whole matrix."""
     row = VARIANTS[self_attention.config._attn_implementation]
     options = attention_options(self_attention)
     scale = {"scale": self_attention.scaling} if row.takes_scale else {}
     q, k = q.float(), k.float()
     with torch.autocast(q.device.type, enabled=False):
         if row.name == "lln":
-            return lln_log_probs(q, k, mask, **scale, stats=options["stats"])
+            return lln_log_probs(q, k, mask, **scale, stats=options["stats"], queries=queries)
         if row.name == "lln_diag":  # the "average" mix; resolve_loss refuses the learnable ones
-            lln = lln_log_probs(q, k, mask, **scale, stats=options["stats"]).exp()
-            diag = block_diag_matrix(q, k, mask, block_size=options["block_size"], **scale)
+            lln = lln_log_probs(q, k, mask, **scale, stats=options["stats"], queries=queries).exp()
+            diag = block_diag_matrix(q, k, mask, block_size=options["block_size"], **scale, queries=queries)
             return torch.log((0.5 * (lln + diag)).clamp_min(_TINY))
-        probs = row.matrix(q, k, mask, **scale, **row.matrix_options(options))
+        probs = _rows(row.matrix(q, k, mask, **scale, **row.matrix_options(options)), queries)
     return torch.log(probs.clamp_min(_TINY))
+
+
+def student_weights_loss(
+    self_attention, q, k, teacher_probs, mask, *, groups: int | None = None, queries=None
+) -> torch.Tensor:
+    """``weights_loss(student_log_probs(self_attention, q, k, mask, queries), teacher_probs, mask, groups,
+    queries)``: for LLN and LLN+Diag with its gradient written out (``hf_lln.transfer.weight_kl``), which takes
+    half the passes over the ``(batch, heads, rows, seq)`` matrices; for the other variants through autograd."""
+    row = VARIANTS[self_attention.config._attn_implementation]
+    if row.name not in ("lln", "lln_diag"):
+        log_probs = student_log_probs(self_attention, q, k, mask, queries)
+        return weights_loss(log_probs, teacher_probs, mask, groups=groups, queries=queries)
+    options = attention_options(self_attention)
+    q, k = q.float(), k.float()
+    with torch.autocast(q.device.type, enabled=False):
+        log_q, log_k = lln_log_features(
+            q, k, mask, scale=self_attention.scaling, stats=options["stats"], queries=queries
+        )
+        diag = None
+        if row.name == "lln_diag":  # the "average" mix; resolve_loss refuses the learnable ones
+            diag = block_diag_matrix(
+                q, k, mask, block_size=options["block_size"], scale=self_attention.scaling, queries=queries
+            )
+        return feature_kl(log_q, log_k, teacher_probs, mask, diag=diag, groups=groups, queries=queries)
 
 
 def output_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -191,11 +239,13 @@ def weights_loss(
     teacher_probs: torch.Tensor,
     mask: torch.Tensor,
     groups: int | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) of the attention rows, averaged over heads and real queries: Hedgehog's cross-entropy
-    minus the teacher's entropy, so that a perfect match scores 0. Both ``(batch, heads, seq, seq)``, ``mask:
-    (batch, seq)``. With ``groups``, the batch is that many equal parts (stacked layers) and the result one mean
-    per part, ``(groups,)``."""
+    minus the teacher's entropy, so that a perfect match scores 0. Both ``(batch, heads, seq, seq)``, or
+    ``(batch, heads, count, seq)``: the rows of the query positions ``queries: (count,)``; ``mask: (batch, seq)``.
+    With ``groups``, the batch is that many equal parts (stacked layers) and the result one mean per part,
+    ``(groups,)``."""
     keys = mask[:, None, None, :]
     kl = torch.where(
         keys,
@@ -203,7 +253,8 @@ def weights_loss(
         torch.zeros((), device=teacher_probs.device),
     ).sum(dim=-1)
     # weights, not boolean indexing: indexing waits for the GPU to count the rows
-    rows = mask[:, None, :].expand_as(kl).to(kl.dtype).reshape(groups or 1, -1)
+    real_queries = mask if queries is None else mask[:, queries]
+    rows = real_queries[:, None, :].expand_as(kl).to(kl.dtype).reshape(groups or 1, -1)
     return (
         (kl.reshape(groups or 1, -1) * rows)
         .sum(-1)
@@ -212,14 +263,14 @@ def weights_loss(
     )
 
 
-def layer_loss(loss: str, student, teacher, mask) -> torch.Tensor:
+def layer_loss(loss: str, student, teacher, mask, queries=None) -> torch.Tensor:
     """The ``loss`` (one of ``LOSSES``) between ``student`` and ``teacher``, each ``(output, probs)`` as returned by
-    ``student_attention`` / ``teacher_attention``; "both" is the sum."""
+    ``student_attention`` / ``teacher_attention`` (their weights for the rows of ``queries``); "both" is the sum."""
     total = torch.zeros((), device=mask.device)
     if loss in ("output", "both"):
         total = total + output_loss(student[0], teacher[0], mask)
     if loss in ("weights", "both"):
-        total = total + weights_loss(student[1], teacher[1], mask)
+        total = total + weights_loss(student[1], teacher[1], mask, queries=queries)
     return total
 
 

@@ -60,7 +60,12 @@ SETTING_FLAGS = {
         bool,
         "every other batch: twice the texts at half the length",
     ),
-    "transfer_seed": ("seed", int, "text order and LoRA init"),
+    "transfer_query_fraction": (
+        "query_fraction",
+        float,
+        "share of the query rows the weight loss compares at each layer-by-layer step",
+    ),
+    "transfer_seed": ("seed", int, "text order, LoRA init and query draws"),
 }
 
 

@@ -84,7 +84,7 @@ def test_transferred_student_agrees_with_its_teacher_better_than_untransferred_o
         tmp_path / "transferred",
         f"--teacher_model_name_or_path {teacher}",
         same,
-        "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9",
+        "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9 --transfer_batch_size 2",
     )
     assert "eval_teacher_agreement" not in plain["mrpc"]
     # the conversion's cost is reported beside the fine-tuning's, where a transfer ran
@@ -162,6 +162,28 @@ def test_end_to_end_transfer_alone(teacher, tmp_path):
     assert "3 end-to-end steps on the final hidden states, training `qk` with learning rate 0.002" in card
 
 
+def test_transfer_batches_and_query_share_are_the_flags(teacher, tmp_path, monkeypatch):
+    """--transfer_batch_size sets the transfer's own batches (the fine-tuning keeps its own), and
+    --transfer_query_fraction reaches TransferSettings and the model card."""
+    sizes = []
+    real = run_glue.transfer_on_task
+
+    def spy(accelerator, teacher, student, train_batches, args, task):
+        sizes.extend(len(batch["input_ids"]) for batch in train_batches)
+        return real(accelerator, teacher, student, train_batches, args, task)
+
+    monkeypatch.setattr(run_glue, "transfer_on_task", spy)
+    results = run(
+        tmp_path,
+        f"--teacher_model_name_or_path {teacher} --task_name mrpc --glue_dir {FIXTURES}",
+        "--attn_implementation lln --max_train_steps 2 --transfer_steps 3",
+        "--transfer_batch_size 3 --transfer_query_fraction 0.5",
+    )
+    assert sizes == [3, 1] and results["mrpc"]["train_samples"] == 4
+    card = (tmp_path / "README.md").read_text()
+    assert "3 layer-by-layer steps (loss: weights, on a random 50% of the query rows each step)" in card
+
+
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
@@ -181,6 +203,14 @@ def test_end_to_end_transfer_alone(teacher, tmp_path):
         (
             "--task_name mrpc --attn_implementation lln --transfer_end_to_end_learning_rate 0",
             "--transfer_end_to_end_learning_rate must be > 0",
+        ),
+        (
+            "--task_name mrpc --attn_implementation lln --transfer_batch_size 0",
+            "--transfer_batch_size must be an integer >= 1, got 0",
+        ),
+        (
+            "--task_name mrpc --attn_implementation lln --transfer_query_fraction 1.5",
+            r"--transfer_query_fraction must be in \(0, 1\], got 1.5",
         ),
     ],
 )

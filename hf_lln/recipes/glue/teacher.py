@@ -43,14 +43,16 @@ from hf_lln.variants import ATTENTION_VARIANTS
 TEACHER_MODEL_TYPES = tuple(LLN_MODEL_TYPES)  # the stock families: softmax checkpoints
 _TRANSFER = TransferSettings()
 # Every default of the fine-tuned conversion; the transfer's own come from TransferSettings, except its steps and
-# layer-stage rate, which are this recipe's (on the task's inputs, before fine-tuning). From the fifth study
-# (docs/quality.md; arm transfer-lr3e-3+distill-hidden3): 300 layer steps at 3e-3 and no end-to-end stage, the
-# fine-tuning distilling every layer's hidden states with weight 3 in its place. Through this recipe on MRPC (3
-# seeds) LLN keeps 95.3% of the teacher's score and LLN+Diag 99.5%, and the transfer takes about half the
-# fine-tuning's time (8.3 s against 16.2 s on an H200); 100 layer steps keep 93.7% and 98.7%, 600 no more than 300.
+# layer-stage rate and batch size, which are this recipe's (on the task's inputs, before fine-tuning). From the
+# fifth study (docs/quality.md; arm transfer-lr3e-3+distill-hidden3): 300 layer steps of 32 inputs at 3e-3 and no
+# end-to-end stage, the fine-tuning distilling every layer's hidden states with weight 3 in its place. Through this
+# recipe on MRPC (3 seeds) LLN keeps 95.3% of the teacher's score and LLN+Diag 99.5%, and the transfer takes about
+# half the fine-tuning's time (8.3 s against 16.2 s on an H200); 100 layer steps keep 93.7% and 98.7%, 600 no more
+# than 300.
 # The earlier default (900 layer steps at 1e-3, 300 end-to-end steps, no hidden distillation) keeps 96.8% and
 # 100.7% for 2.3 times the fine-tuning's time; a distillation weight of 0.9, another fine-tuning rate, or both
-# layer losses did no better.
+# layer losses did no better. The sixth study: 150 steps of 64 or 75 of 128 cost LLN 0.6 and 2.3 points, and a
+# half or a quarter of the query rows moves the scores by less than the seeds' spread, so every row is compared.
 DEFAULTS = {
     "distill_alpha": 0.5,
     "distill_temperature": 2.0,
@@ -58,6 +60,8 @@ DEFAULTS = {
     "transfer_steps": 300,
     "transfer_end_to_end_steps": 0,
     "transfer_learning_rate": 3e-3,
+    "transfer_batch_size": 32,
+    "transfer_query_fraction": _TRANSFER.query_fraction,
     "transfer_train": _TRANSFER.train,
     "transfer_loss": _TRANSFER.loss,
     "transfer_end_to_end_loss": _TRANSFER.end_to_end_loss,
@@ -79,6 +83,11 @@ _FLAGS = {
     ),
     "transfer_end_to_end_steps": (int, "Then steps matching the teacher's hidden states end to end"),
     "transfer_learning_rate": (float, "Learning rate of the layer-by-layer steps"),
+    "transfer_batch_size": (int, "Training inputs per transfer step"),
+    "transfer_query_fraction": (
+        float,
+        "Share of the query rows the layer-by-layer weight loss compares at each step",
+    ),
     "transfer_train": (TRAIN_MODES, "Attention parameters the layer-by-layer steps train"),
     "transfer_loss": (LOSSES, "Transfer's layer loss"),
     "transfer_end_to_end_loss": (END_TO_END_LOSSES, "What the end-to-end steps match"),
@@ -141,6 +150,10 @@ def check_teacher_arguments(args: argparse.Namespace, task: GlueTask | None) -> 
     for flag in ("transfer_steps", "transfer_end_to_end_steps"):
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag} must be an integer >= 0, got {getattr(args, flag)}")
+    if args.transfer_batch_size < 1:
+        raise ValueError(f"--transfer_batch_size must be an integer >= 1, got {args.transfer_batch_size}")
+    if not 0 < args.transfer_query_fraction <= 1:
+        raise ValueError(f"--transfer_query_fraction must be in (0, 1], got {args.transfer_query_fraction}")
     for flag in ("transfer_learning_rate", "transfer_end_to_end_learning_rate"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag} must be > 0, got {getattr(args, flag)}")
@@ -194,10 +207,10 @@ def load_teacher(args: argparse.Namespace, accelerator: Accelerator) -> torch.nn
 
 
 def transfer_on_task(
-    accelerator: Accelerator, teacher, student, train_dataloader, args: argparse.Namespace, task: GlueTask
+    accelerator: Accelerator, teacher, student, train_batches, args: argparse.Namespace, task: GlueTask
 ) -> TransferReport | None:
-    """Attention transfer on the task's training batches (``--transfer_steps`` layer by layer, then
-    ``--transfer_end_to_end_steps``; None when both are 0)."""
+    """Attention transfer on the task's training batches, ``train_batches`` (of ``--transfer_batch_size``;
+    ``--transfer_steps`` layer by layer, then ``--transfer_end_to_end_steps``; None when both are 0)."""
     if args.transfer_steps + args.transfer_end_to_end_steps == 0:
         return None
     settings = TransferSettings(
@@ -209,12 +222,13 @@ def transfer_on_task(
         end_to_end_loss=args.transfer_end_to_end_loss,
         end_to_end_train=args.transfer_end_to_end_train,
         end_to_end_learning_rate=args.transfer_end_to_end_learning_rate,
+        query_fraction=args.transfer_query_fraction,
         seed=args.seed,
     )
     return transfer_attention(
         teacher,
         student,
-        train_dataloader,
+        train_batches,
         settings,
         accelerator=accelerator,
         source=f"the {task.name} training inputs",
