@@ -692,8 +692,9 @@ class _Run:
 
 @torch.no_grad()
 def clip_each_group(groups: list[list[torch.Tensor]], max_norm: float) -> None:
-    """``torch.nn.utils.clip_grad_norm_(group, max_norm)`` for each of ``groups`` (a list of parameter lists), in
-    one set of kernels for all of them rather than one per group (a GPU step is bound by the host's launches)."""
+    """``torch.nn.utils.clip_grad_norm_(group, max_norm)`` for each of ``groups`` (a list of parameter lists), the
+    norms of all of them in one set of kernels and one scaling per group (``clip_grad_norm_`` launches about six
+    kernels a group, and a GPU step is bound by the host's launches)."""
     grads = [[param.grad for param in group if param.grad is not None] for group in groups]
     flat = [grad for group in grads for grad in group]
     if not flat:

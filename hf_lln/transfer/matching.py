@@ -112,9 +112,10 @@ def stacked_weight_losses(
 ) -> torch.Tensor:
     """The attention-weight KL (``weights_loss``) of several layers at once, ``(layers,)`` float32: layer ``i`` of
     teacher and student on its input ``hidden[i]``, ``hidden: (layers, batch, seq, hidden)``, ``mask: (batch, seq)``
-    bool, over the rows of the query positions ``queries: (count,)`` (all where None). The layers are stacked along the batch, so a step launches one set of kernels for all of them (a
-    transfer step is bound by the host's launches, not by the GPU's arithmetic); the student layers must share
-    their attention options (``attention_options``), which all but per-layer random features do."""
+    bool, over the rows of the query positions ``queries: (count,)`` (all where None). The layers are stacked
+    along the batch, so a step launches one set of kernels for all of them (a transfer step is bound by the host's
+    launches, not by the GPU's arithmetic); the student layers must share their attention options
+    (``attention_options``), which all but per-layer random features do."""
     layers = len(student_layers)
     masks = mask.repeat(layers, 1)
     teachers = [layer.attention.self for layer in teacher_layers]
