@@ -85,8 +85,8 @@ class TransferSettings:
     ``max_grad_norm``: per-layer clipping (0 disables); ``eval_batches``: the first N batches, on which the
     losses before and after are measured (they are trained on too, as the stream cycles); ``query_fraction``: the
     share of each batch's query positions, drawn anew at each layer-by-layer step, whose attention rows the weight
-    loss compares (each row is a distribution on its own; the share cuts the O(seq²) work, which bounds a CPU step;
-    the output loss and the measurements use every row); ``seed``: LoRA init, the order of a text source's
+    loss compares (each row is a distribution on its own; the share cuts the O(seq²) work, which bounds a CPU step,
+    and fits less per step, as fewer steps do; the output loss and the measurements use every row); ``seed``: LoRA init, the order of a text source's
     batches and the query draws; ``batch_size``, ``max_length``, ``mixed_lengths``: texts per batch,
     tokens per text, and whether every other batch holds twice the texts at half the length, where the batches are
     cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches handed over ready (a GLUE

@@ -51,8 +51,9 @@ _TRANSFER = TransferSettings()
 # than 300.
 # The earlier default (900 layer steps at 1e-3, 300 end-to-end steps, no hidden distillation) keeps 96.8% and
 # 100.7% for 2.3 times the fine-tuning's time; a distillation weight of 0.9, another fine-tuning rate, or both
-# layer losses did no better. The sixth study: 150 steps of 64 or 75 of 128 cost LLN 0.6 and 2.3 points, and a
-# half or a quarter of the query rows moves the scores by less than the seeds' spread, so every row is compared.
+# layer losses did no better. The sixth study: 150 steps of 64 or 75 of 128 cost LLN 0.6 and 2.3 points; a half or
+# a quarter of the query rows moves the scores by less than the seeds' spread but fits the held-out attention less
+# well, as fewer steps do, so every row is compared.
 DEFAULTS = {
     "distill_alpha": 0.5,
     "distill_temperature": 2.0,
