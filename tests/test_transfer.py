@@ -765,6 +765,7 @@ def test_convert_flags_set_every_transfer_setting():
     argv = "convert a b --transfer t.txt --no-transfer_mixed_lengths --transfer_end_to_end_loss final"
     argv += (
         " --transfer_end_to_end_train attention --transfer_end_to_end_lr 2e-3 --transfer_train qk_temperature"
+        " --transfer_query_fraction 0.5"
     )
     transfer = transfer_options(parser.parse_args(argv.split()))
     assert transfer.text == "t.txt" and transfer.settings == TransferSettings(
@@ -773,7 +774,12 @@ def test_convert_flags_set_every_transfer_setting():
         end_to_end_train="attention",
         end_to_end_learning_rate=2e-3,
         train="qk_temperature",
+        query_fraction=0.5,
     )
+    with pytest.raises(
+        ValueError, match=r"--transfer_query_fraction: query_fraction must be a number in \(0, 1\]"
+    ):
+        transfer_options(parser.parse_args("convert a b --transfer --transfer_query_fraction 0".split()))
     with pytest.raises(
         ValueError, match="--transfer_end_to_end_lr: end_to_end_learning_rate must be a number > 0"
     ):
