@@ -209,7 +209,8 @@ def student_weights_loss(
 ) -> torch.Tensor:
     """``weights_loss(student_log_probs(self_attention, q, k, mask, queries), teacher_probs, mask, groups,
     queries)``: for LLN and LLN+Diag with its gradient written out (``hf_lln.transfer.weight_kl``), which takes
-    half the passes over the ``(batch, heads, rows, seq)`` matrices; for the other variants through autograd."""
+    about half the elementwise passes over the ``(batch, heads, rows, seq)`` matrices; for the other variants
+    through autograd."""
     row = VARIANTS[self_attention.config._attn_implementation]
     if row.name not in ("lln", "lln_diag"):
         log_probs = student_log_probs(self_attention, q, k, mask, queries)
