@@ -86,9 +86,9 @@ class TransferSettings:
     losses before and after are measured (they are trained on too, as the stream cycles); ``query_fraction``: the
     share of each batch's query positions, drawn anew at each layer-by-layer step, whose attention rows the weight
     loss compares (each row is a distribution on its own; the share cuts the O(seq²) work, which bounds a CPU step,
-    and fits less per step, as fewer steps do; the output loss and the measurements use every row); ``seed``: LoRA init, the order of a text source's
-    batches and the query draws; ``batch_size``, ``max_length``, ``mixed_lengths``: texts per batch,
-    tokens per text, and whether every other batch holds twice the texts at half the length, where the batches are
+    and fits less per step, as fewer steps do; the output loss and the measurements use every row); ``seed``: LoRA
+    init, the order of a text source's batches and the query draws; ``batch_size``, ``max_length``,
+    ``mixed_lengths``: texts per batch, tokens per text, and whether every other batch holds twice the texts at half the length, where the batches are
     cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches handed over ready (a GLUE
     run's) are used as they are.
 
@@ -212,8 +212,8 @@ class TransferReport:
         )
         if s.steps:
             stages.append(
-                f"{s.steps} layer-by-layer steps (loss: {s.loss}{queries}) training the attention parameters {trained} "
-                f"with learning rate {s.learning_rate:g}"
+                f"{s.steps} layer-by-layer steps (loss: {s.loss}{queries}) training the attention parameters "
+                f"{trained} with learning rate {s.learning_rate:g}"
             )
         if s.end_to_end_steps:
             matched = {"final": "final hidden states", "layers": "every layer's hidden states"}.get(
@@ -469,13 +469,15 @@ class _Run:
         the longest; their states go to the cache. Right padding leaves the real tokens' positions, hence their
         states, as they are."""
         cache, rows, seen = self.teacher_cache, [], set()
+        if cache.full:
+            return
         for index, inputs in enumerate(batches):
             keys, _ = inputs.cache_keys
             for row, key in enumerate(keys):
                 if key not in cache.rows and key not in seen:
                     seen.add(key)
                     rows.append((index, row))
-        if cache.full or not rows:
+        if not rows:
             return
         length = max(inputs["attention_mask"].shape[1] for inputs in batches)
         offsets = list(itertools.accumulate((len(inputs.cache_keys[0]) for inputs in batches), initial=0))

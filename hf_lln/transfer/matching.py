@@ -19,12 +19,10 @@ from hf_lln.integration.attention import ATTENTION_FUNCTIONS
 from hf_lln.models.configuration_lln import lln_settings
 from hf_lln.ops.lln import lln_scales
 from hf_lln.ops.reference import block_diag_matrix
-from hf_lln.transfer.weight_kl import feature_kl
+from hf_lln.transfer.weight_kl import TINY, feature_kl
 from hf_lln.variants import VARIANTS, get_variant
 
 LOSSES = ("auto", "weights", "output", "both")
-# Smallest probability the weight loss takes the log of: LLN rows are sums of exponentials that can underflow.
-_TINY = torch.finfo(torch.float32).tiny
 
 
 def split_heads(self_attention: torch.nn.Module, hidden: torch.Tensor, names: str = "qkv"):
@@ -171,7 +169,7 @@ def lln_log_probs(q, k, mask, *, scale, stats, queries=None) -> torch.Tensor:
     log_q = log_q + key_max
     query_max = log_q.amax(dim=-1, keepdim=True).detach()
     weights = torch.exp(log_q - query_max) @ torch.exp(log_k - key_max).transpose(-1, -2)
-    return torch.log((weights / weights.sum(dim=-1, keepdim=True)).clamp_min(_TINY))
+    return torch.log((weights / weights.sum(dim=-1, keepdim=True)).clamp_min(TINY))
 
 
 def attention_options(self_attention: torch.nn.Module) -> dict:
@@ -199,9 +197,9 @@ def student_log_probs(self_attention, q, k, mask, queries=None) -> torch.Tensor:
         if row.name == "lln_diag":  # the "average" mix; resolve_loss refuses the learnable ones
             lln = lln_log_probs(q, k, mask, **scale, stats=options["stats"], queries=queries).exp()
             diag = block_diag_matrix(q, k, mask, block_size=options["block_size"], **scale, queries=queries)
-            return torch.log((0.5 * (lln + diag)).clamp_min(_TINY))
+            return torch.log((0.5 * (lln + diag)).clamp_min(TINY))
         probs = _rows(row.matrix(q, k, mask, **scale, **row.matrix_options(options)), queries)
-    return torch.log(probs.clamp_min(_TINY))
+    return torch.log(probs.clamp_min(TINY))
 
 
 def student_weights_loss(
@@ -233,7 +231,7 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
     """Relative squared error ``Σ|s - t|² / Σ|t|²`` over the real tokens of ``student, teacher: (batch, seq, dim)``:
     0 for a perfect match, 1 for an output of zeros, comparable across layers and models."""
     weight = mask[..., None].to(teacher.dtype)
-    return ((student - teacher) ** 2 * weight).sum() / ((teacher**2) * weight).sum().clamp_min(_TINY)
+    return ((student - teacher) ** 2 * weight).sum() / ((teacher**2) * weight).sum().clamp_min(TINY)
 
 
 def weights_loss(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-# Smallest probability whose log is taken (LLN rows are sums of exponentials that can underflow): as
-# hf_lln.transfer.matching's, so that both paths clamp alike.
+# Smallest probability whose log is taken (LLN rows are sums of exponentials that can underflow); the autograd path
+# of hf_lln.transfer.matching clamps at the same value.
 TINY = torch.finfo(torch.float32).tiny
 
 

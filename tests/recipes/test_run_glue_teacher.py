@@ -84,7 +84,8 @@ def test_transferred_student_agrees_with_its_teacher_better_than_untransferred_o
         tmp_path / "transferred",
         f"--teacher_model_name_or_path {teacher}",
         same,
-        "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9 --transfer_batch_size 2",
+        "--transfer_steps 30 --transfer_end_to_end_steps 0 --transfer_learning_rate 1e-2 --distill_alpha 0.9",
+        "--transfer_batch_size 2",
     )
     assert "eval_teacher_agreement" not in plain["mrpc"]
     # the conversion's cost is reported beside the fine-tuning's, where a transfer ran
