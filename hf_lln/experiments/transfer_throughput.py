@@ -92,14 +92,7 @@ def measure(args, accelerator: Accelerator, tokenizer, texts: list[str], variant
     rows = []
     for stage in run.stages():
         with stage.parameters() as groups:
-            optimise = functools.partial(
-                run.optimise,
-                groups,
-                learning_rate=stage.learning_rate,
-                stream=stream,
-                loss_fn=stage.losses,
-                description=f"{variant} {stage.name}",
-            )
+            optimise = functools.partial(run.optimise, groups, stage, stream)
             if args.warmup_steps:
                 optimise(args.warmup_steps)
             synchronize(device)

@@ -7,7 +7,8 @@ fine-tuned (``hf-lln convert --transfer``, ``python -m hf_lln.recipes.run_glue -
 >>> report = transfer_attention(teacher, student, batches, TransferSettings(steps=300), source=texts.description)
 
 Modules: ``texts`` (text sources, batches), ``matching`` (one layer of teacher and student, the losses),
-``params`` (which attention parameters train), ``loop`` (``TransferSettings``, ``transfer_attention``),
+``weight_kl`` (LLN's weight loss with its gradient written out), ``graphs`` (GPU layer steps replayed from CUDA
+graphs), ``params`` (which attention parameters train), ``loop`` (``TransferSettings``, ``transfer_attention``),
 ``distill`` (distillation of logits and hidden states), ``options`` (``hf-lln convert --transfer``). Nothing here
 imports ``datasets`` (only a Hub text source does, when read); the GLUE side is the recipe's
 (``hf_lln.recipes.glue.teacher``).

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -31,6 +31,7 @@ from transformers import get_scheduler
 from hf_lln.models.configuration_lln import LLN_MODEL_TYPES, lln_settings
 from hf_lln.ops._checks import HALF_DTYPES
 from hf_lln.transfer.distill import layers_loss
+from hf_lln.transfer.graphs import GraphedSteps
 from hf_lln.transfer.matching import (
     LOSSES,
     attention_options,
@@ -281,7 +282,15 @@ def check_models(teacher: torch.nn.Module, student: torch.nn.Module, loss: str =
 def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     if "attention_mask" not in batch:
         raise ValueError(f"batches must hold attention_mask (batch, seq), got keys {sorted(batch)}")
-    return {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS}
+    return {key: _to_device(value, device) for key, value in batch.items() if key in MODEL_INPUTS}
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from the CPU to a GPU through pinned memory, without waiting: a copy from pageable
+    memory first waits for the GPU's queue to drain, and the host must run ahead of a GPU transfer step."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _cycle(batches: Iterable) -> Iterable:
@@ -298,7 +307,9 @@ def _cycle(batches: Iterable) -> Iterable:
 @dataclass(frozen=True)
 class Stage:
     """One training stage of a transfer: ``parameters()`` a context manager giving the parameter groups it trains
-    (each clipped on its own; ``requires_grad`` restored on leaving), ``losses(inputs)`` one loss per group."""
+    (each clipped on its own; ``requires_grad`` restored on leaving), ``losses(inputs)`` one loss per group;
+    ``graph_losses(mask, hidden_states)``, where set, the same losses from the teacher's hidden states, replayable
+    from a CUDA graph (``hf_lln.transfer.graphs``)."""
 
     name: str
     steps: int
@@ -306,6 +317,7 @@ class Stage:
     description: str
     parameters: Callable[[], contextlib.AbstractContextManager[list[list[torch.Tensor]]]]
     losses: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]
+    graph_losses: Callable[[torch.Tensor, Sequence[torch.Tensor]], list[torch.Tensor]] | None = None
 
 
 def _same_options(first: Mapping, second: Mapping) -> bool:
@@ -348,7 +360,7 @@ class _TeacherCache:
     @staticmethod
     def real_positions(mask: torch.Tensor, device) -> torch.Tensor:
         """The flat indices of ``mask``'s real tokens, row after row, on ``device``."""
-        return mask.flatten().nonzero().squeeze(1).to(device)
+        return _to_device(mask.flatten().nonzero().squeeze(1), torch.device(device))
 
     @staticmethod
     def keys(inputs: Mapping[str, torch.Tensor]) -> tuple[list[bytes], torch.Tensor]:
@@ -396,6 +408,9 @@ class _TeacherCache:
 
 class _Run:
     """The models, the accelerator and the per-batch computations of one transfer."""
+
+    # whether ``graphable`` layer steps replay from CUDA graphs (the tests turn them off to compare)
+    cuda_graphs = True
 
     def __init__(
         self,
@@ -486,7 +501,7 @@ class _Run:
         def gathered(tensors: list[torch.Tensor]) -> torch.Tensor:
             """The new rows of ``tensors`` (one per batch, ``(batch, seq)``), right-padded with zeros."""
             padded = torch.cat([torch.nn.functional.pad(t, (0, length - t.shape[1])) for t in tensors])
-            return padded.index_select(0, torch.tensor(flat, device=padded.device))
+            return padded.index_select(0, _to_device(torch.tensor(flat), padded.device))
 
         joined = {
             name: gathered([inputs[name] for inputs in batches])
@@ -518,6 +533,7 @@ class _Run:
                 lambda inputs: self.layer_losses(
                     inputs, self.teacher_pass(inputs), self.sample_queries(inputs)
                 ),
+                self.graph_layer_losses if self.graphable() else None,
             ),
             Stage(
                 "end_to_end",
@@ -528,6 +544,27 @@ class _Run:
                 lambda inputs: [self.end_to_end_loss(inputs)],
             ),
         ]
+
+    def graphable(self) -> bool:
+        """Whether the layer steps replay from CUDA graphs: on a GPU, for LLN and LLN+Diag (whose weight loss,
+        ``hf_lln.transfer.weight_kl``, runs on the device alone; other variants' options may hold CPU tensors),
+        with the stacked weight loss over every query row (a query draw is random, which a replay would repeat) and
+        no fp16 gradient scaler (whose step reads back whether the gradients are finite)."""
+        return (
+            self.cuda_graphs
+            and self.accelerator.device.type == "cuda"
+            and self.settings.loss == "weights"
+            and self.student.config._attn_implementation in ("lln", "lln_diag")
+            and self.settings.query_fraction == 1
+            and self.accelerator.scaler is None
+        )
+
+    def graph_layer_losses(
+        self, mask: torch.Tensor, hidden_states: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``layer_losses`` of every query row from the layers' input ``hidden_states`` and ``mask: (batch,
+        seq)``."""
+        return self.layer_losses({"attention_mask": mask}, hidden_states)
 
     def teacher_pass(self, inputs):
         """The teacher's ``layers + 1`` hidden states ``(batch, seq, hidden)``, without gradient: the embeddings'
@@ -649,63 +686,77 @@ class _Run:
         count = len(batches)
         return (layers / count).tolist(), hidden / count, cosine / count
 
-    def optimise(
-        self,
-        params: list[list[torch.Tensor]],
-        steps: int,
-        learning_rate: float,
-        stream,
-        loss_fn,
-        description: str,
-    ):
-        """``steps`` AdamW steps of ``loss_fn(inputs) -> list of per-group losses`` (one group per entry of
-        ``params``, each clipped on its own); a tqdm bar shows each group's loss."""
+    def optimise(self, params: list[list[torch.Tensor]], stage: Stage, stream, steps: int | None = None):
+        """``steps`` (default ``stage.steps``) AdamW steps of ``stage.losses`` (one loss per entry of ``params``,
+        each group clipped on its own), through CUDA graphs where the stage has ``graph_losses``; a tqdm bar shows
+        each group's loss."""
+        steps = stage.steps if steps is None else steps
+        cuda = self.accelerator.device.type == "cuda"
         # fused: one kernel for every tensor of a step; the foreach version launches a dozen per group
         optimizer = torch.optim.AdamW(
             [{"params": group} for group in params],
-            lr=learning_rate,
+            lr=stage.learning_rate,
             weight_decay=0.0,
-            fused=self.accelerator.device.type == "cuda",
+            fused=cuda,
+            capturable=cuda,
         )
         scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
-        scaler = self.accelerator.scaler
-        bar = tqdm(range(steps), desc=description, disable=not self.accelerator.is_local_main_process)
-        for step in bar:
-            losses = loss_fn(next(stream))
-            total = torch.stack(losses).sum()
-            (scaler.scale(total) if scaler is not None else total).backward()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if self.settings.max_grad_norm > 0:
-                clip_each_group(params, self.settings.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step % POSTFIX_EVERY == 0 or step == steps - 1:  # reading a loss waits for the GPU
-                values = torch.stack(losses).tolist()
-                bar.set_postfix_str(" ".join(f"{i}:{value:.4f}" for i, value in enumerate(values)))
+        max_norm = self.settings.max_grad_norm
+        graphs = None
+        if stage.graph_losses is not None:
+            clip = (lambda: clip_each_group(params, max_norm)) if max_norm > 0 else None
+            graphs = GraphedSteps(stage.graph_losses, optimizer, clip, len(encoder_layers(self.student)))
+        bar = tqdm(range(steps), desc=stage.description, disable=not self.accelerator.is_local_main_process)
+        try:
+            for step in bar:
+                inputs = next(stream)
+                # the first step allocates AdamW's state, which must not happen inside a graph
+                if graphs is not None and step > 0:
+                    losses = graphs.step(inputs["attention_mask"], self.teacher_pass(inputs))
+                else:
+                    losses = self.eager_step(stage.losses(inputs), params, optimizer)
+                scheduler.step()
+                if step % POSTFIX_EVERY == 0 or step == steps - 1:  # reading a loss waits for the GPU
+                    values = torch.stack(losses).tolist()
+                    bar.set_postfix_str(" ".join(f"{i}:{value:.4f}" for i, value in enumerate(values)))
+        finally:
+            if graphs is not None:
+                graphs.close()
+
+    def eager_step(
+        self, losses: list[torch.Tensor], params: list[list[torch.Tensor]], optimizer
+    ) -> list[torch.Tensor]:
+        """Backward of ``losses`` (one per group of ``params``), clipping and ``optimizer``'s step; returns the losses
+        detached: a step's autograd graph must not outlive it (a later CUDA graph capture would find its
+        gradient accumulators bound to the default stream)."""
+        scaler, max_norm = self.accelerator.scaler, self.settings.max_grad_norm
+        total = torch.stack(losses).sum()
+        (scaler.scale(total) if scaler is not None else total).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if max_norm > 0:
+            clip_each_group(params, max_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return [loss.detach() for loss in losses]
 
 
 @torch.no_grad()
 def clip_each_group(groups: list[list[torch.Tensor]], max_norm: float) -> None:
     """``torch.nn.utils.clip_grad_norm_(group, max_norm)`` for each of ``groups`` (a list of parameter lists), the
     norms of all of them in one set of kernels and one scaling per group (``clip_grad_norm_`` launches about six
-    kernels a group, and a GPU step is bound by the host's launches)."""
+    kernels a group, and a GPU step is bound by the host's launches). Reads nothing back to the host and copies
+    nothing to the device: a CUDA graph can hold it (``hf_lln.transfer.graphs``)."""
     grads = [[param.grad for param in group if param.grad is not None] for group in groups]
     flat = [grad for group in grads for grad in group]
     if not flat:
         return
-    norms = torch.stack(torch._foreach_norm(flat))
-    group_of = torch.repeat_interleave(torch.arange(len(grads)), torch.tensor([len(g) for g in grads]))
-    group_norms = (
-        torch.zeros(len(grads), device=norms.device, dtype=norms.dtype)
-        .index_add_(0, group_of.to(norms.device), norms.square())
-        .sqrt()
-    )
+    norms = torch.stack(torch._foreach_norm(flat)).split([len(group) for group in grads])
+    group_norms = torch.stack([part.norm() for part in norms])
     for group, scale in zip(grads, (max_norm / (group_norms + 1e-6)).clamp(max=1.0).unbind(), strict=True):
         if group:
             torch._foreach_mul_(group, scale)
@@ -764,9 +815,7 @@ def transfer_attention(
         for stage in run.stages():
             if stage.steps:
                 with stage.parameters() as groups:
-                    run.optimise(
-                        groups, stage.steps, stage.learning_rate, stream, stage.losses, stage.description
-                    )
+                    run.optimise(groups, stage, stream)
         after = run.evaluate(held)
     finally:
         teacher.train(teacher_was_training)
