@@ -39,8 +39,10 @@ class _FeatureKL(torch.autograd.Function):
         mixed = probs if diag is None else (probs + diag).mul_(0.5)
         # T log(T / M): one logarithm a probability where T log T - T log M takes two, and T / M is the gradient's
         # (xlogy would skip the clamp where T = 0, but is several times slower than log on a CPU)
-        ratio = teacher_probs / mixed.clamp_min(TINY)
-        kl = (teacher_probs * ratio.clamp_min(TINY).log_()).sum(dim=-1)
+        # in place where it can be: on a CPU each new (batch, heads, rows, seq) tensor costs page faults
+        ratio = mixed.clamp_min(TINY)
+        torch.div(teacher_probs, ratio, out=ratio)
+        kl = ratio.clamp_min(TINY).log_().mul_(teacher_probs).sum(dim=-1)
         weighted = (kl * row_weights).reshape(groups, -1).sum(dim=-1)
         ctx.save_for_backward(query_features, key_features, probs, mixed, row_sums, ratio, row_weights)
         ctx.has_diag, ctx.groups = diag is not None, groups
@@ -55,7 +57,9 @@ class _FeatureKL(torch.autograd.Function):
         if ctx.has_diag:
             grad_mixed.mul_(0.5)
             grad_diag = grad_mixed
-        grad_weights = (grad_mixed - (grad_mixed * probs).sum(dim=-1, keepdim=True)).div_(row_sums)
+        # grad_diag is grad_mixed: a copy for it, else in place
+        grad_weights = grad_mixed.clone() if ctx.has_diag else grad_mixed
+        grad_weights.sub_((grad_mixed * probs).sum(dim=-1, keepdim=True)).div_(row_sums)
         grad_log_q = (grad_weights @ key_features).mul_(query_features)
         grad_log_k = (grad_weights.transpose(-1, -2) @ query_features).mul_(key_features)
         return grad_log_q, grad_log_k, grad_diag, None, None, None
