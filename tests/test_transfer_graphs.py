@@ -24,7 +24,8 @@ def test_graphed_steps_need_a_capturable_optimizer():
 
 
 def mixed_batches(seed=0):
-    """Batches of 4, 4 and 3 texts whose lengths fall on both sides of the padding multiple, some rows padded."""
+    """Five batches of 3 or 4 texts whose lengths fall on both sides of the padding multiple, a row of each
+    padded."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for batch, seq in ((4, 12), (4, PAD_MULTIPLE + 3), (3, PAD_MULTIPLE - 1), (4, 2 * PAD_MULTIPLE), (4, 12)):
@@ -86,8 +87,8 @@ def test_graphed_steps_follow_the_eager_steps_and_the_learning_rate_schedule():
             assert len(steps.captured) == 3  # the first step is eager; then (4, 64), (3, 32), (4, 32)
             steps.close()
         results.append([w.detach().cpu() for w in weights])
-    for eager, replayed in zip(*results, strict=True):
-        assert not torch.equal(eager, start[0])
+    for first, eager, replayed in zip(start, *results, strict=True):
+        assert not torch.equal(eager, first)
         torch.testing.assert_close(replayed, eager, rtol=1e-4, atol=1e-5)
 
 
