@@ -148,6 +148,8 @@ def test_a_graphed_transfer_trains_as_the_eager_one(monkeypatch, variant, train,
         ("lln", {"query_fraction": 0.5}, "bf16", False),
         ("lln", {"loss": "output"}, "bf16", False),
         ("performer", {"loss": "weights"}, "bf16", False),
+        ("lln", {"train": "lora"}, "bf16", True),
+        ("lln", {"train": "qk_temperature"}, "bf16", False),
     ],
 )
 def test_which_transfers_replay_from_graphs(variant, overrides, mixed_precision, expected):

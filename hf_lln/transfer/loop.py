@@ -66,6 +66,9 @@ TEACHER_LOOKAHEAD = 8
 # The teacher's SDPA backends on a GPU: all but cuDNN's, which builds a plan for every new shape, and a transfer meets
 # one at nearly every teacher pass (an H200, MiniLM, bf16, 300 layer steps on MRPC: 7.15 s with it, 5.75 s without).
 TEACHER_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# The ``train`` modes whose layer steps replay from CUDA graphs: those the GPU tests capture and compare with the
+# eager steps; the others (their extra parametrizations) keep the eager step.
+GRAPHED_TRAIN_MODES = ("qk", "lora")
 
 
 @dataclass(frozen=True)
@@ -548,13 +551,14 @@ class _Run:
     def graphable(self) -> bool:
         """Whether the layer steps replay from CUDA graphs: on a GPU, for LLN and LLN+Diag (whose weight loss,
         ``hf_lln.transfer.weight_kl``, runs on the device alone; other variants' options may hold CPU tensors),
-        with the stacked weight loss over every query row (a query draw is random, which a replay would repeat) and
+        training ``GRAPHED_TRAIN_MODES``, with the stacked weight loss over every query row (a query draw is random, which a replay would repeat) and
         no fp16 gradient scaler (whose step reads back whether the gradients are finite)."""
         return (
             self.cuda_graphs
             and self.accelerator.device.type == "cuda"
             and self.settings.loss == "weights"
             and self.student.config._attn_implementation in ("lln", "lln_diag")
+            and self.settings.train in GRAPHED_TRAIN_MODES
             and self.settings.query_fraction == 1
             and self.accelerator.scaler is None
         )
