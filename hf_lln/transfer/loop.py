@@ -92,8 +92,8 @@ class TransferSettings:
     loss compares (each row is a distribution on its own; the share cuts the O(seq²) work, which bounds a CPU step,
     and fits less per step, as fewer steps do; the output loss and the measurements use every row); ``seed``: LoRA
     init, the order of a text source's batches and the query draws; ``batch_size``, ``max_length``,
-    ``mixed_lengths``: texts per batch, tokens per text, and whether every other batch holds twice the texts at half the length, where the batches are
-    cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches handed over ready (a GLUE
+    ``mixed_lengths``: texts per batch, tokens per text, and whether every other batch holds twice the texts at
+    half the length, where the batches are cut from a text source (``text_batches``, ``hf-lln convert --transfer``); batches handed over ready (a GLUE
     run's) are used as they are.
 
     Every default of attention transfer is here (``hf_lln.recipes.glue.teacher.DEFAULTS`` adds the fine-tuned
@@ -551,8 +551,9 @@ class _Run:
     def graphable(self) -> bool:
         """Whether the layer steps replay from CUDA graphs: on a GPU, for LLN and LLN+Diag (whose weight loss,
         ``hf_lln.transfer.weight_kl``, runs on the device alone; other variants' options may hold CPU tensors),
-        training ``GRAPHED_TRAIN_MODES``, with the stacked weight loss over every query row (a query draw is random, which a replay would repeat) and
-        no fp16 gradient scaler (whose step reads back whether the gradients are finite)."""
+        training ``GRAPHED_TRAIN_MODES``, with the stacked weight loss over every query row (a query draw is random,
+        which a replay would repeat) and no fp16 gradient scaler (whose step reads back whether the gradients are
+        finite)."""
         return (
             self.cuda_graphs
             and self.accelerator.device.type == "cuda"

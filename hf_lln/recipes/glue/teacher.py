@@ -46,9 +46,9 @@ _TRANSFER = TransferSettings()
 # layer-stage rate and batch size, which are this recipe's (on the task's inputs, before fine-tuning). From the
 # fifth study (docs/quality.md; arm transfer-lr3e-3+distill-hidden3): 300 layer steps of 32 inputs at 3e-3 and no
 # end-to-end stage, the fine-tuning distilling every layer's hidden states with weight 3 in its place. Through this
-# recipe on MRPC (3 seeds) LLN keeps 95.3% of the teacher's score and LLN+Diag 99.5%, and the transfer takes about
-# half the fine-tuning's time (8.3 s against 16.2 s on an H200); 100 layer steps keep 93.7% and 98.7%, 600 no more
-# than 300.
+# recipe on MRPC (3 seeds) LLN keeps 95.3% of the teacher's score and LLN+Diag 99.5%; 100 layer steps keep 93.7%
+# and 98.7%, 600 no more than 300. The transfer then took about half the fine-tuning's time on an H200 (8.3 s
+# against 16.2 s); with its layer steps replayed from CUDA graphs (seventh study) 0.21-0.31 of it on MRPC.
 # The earlier default (900 layer steps at 1e-3, 300 end-to-end steps, no hidden distillation) keeps 96.8% and
 # 100.7% for 2.3 times the fine-tuning's time; a distillation weight of 0.9, another fine-tuning rate, or both
 # layer losses did no better. The sixth study: 150 steps of 64 or 75 of 128 cost LLN 0.6 and 2.3 points; a half or
