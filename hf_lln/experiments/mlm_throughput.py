@@ -4,14 +4,18 @@ loss-curve comparison.
 Each measurement builds the preset as run_mlm.py does (``build_model``: vocabulary padded to a multiple
 of 64) and trains it on random words through ``hf_lln.recipes.training.training_step``, the function run_mlm.py's
 training loop calls: BERT masking drawn on the CPU every step, the loss projecting only the masked
-positions onto the vocabulary, backward, gradient clipping (``--max_grad_norm``), AdamW and scheduler
-steps under accelerate's mixed precision. It runs ``--warmup_steps`` steps, then times ``--steps`` steps.
+positions onto the vocabulary, backward, gradient clipping (``--max_grad_norm``), the steps of run_mlm.py's AdamW
+(``make_optimizer``: fused on CUDA) and scheduler under accelerate's mixed precision. It runs ``--warmup_steps``
+steps, then times ``--steps`` steps.
 ``zero_cost`` is an attention that costs nothing (each token keeps its own value): a step with it is
 the floor the other attentions' steps are compared with (the ``x zero_cost`` column). It leaves queries and keys
 unused, so its backward pass also skips their projections (four matrix products per layer that every real
 attention pays); ``zero_cost_qk`` hands them a zero gradient instead, and the ``ms over zero_cost_qk`` column is
 what the attention itself costs in the step. ``sdpa`` is softmax.
-With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out.
+With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out. With
+``--profile`` it runs three more steps of each row under torch.profiler and prints, per step, the device time
+of every kernel summed, the number of launches, the time the GPU sat idle (wall time minus kernel time:
+host-bound gaps), and the kernels that took longest.
 
     python -m hf_lln.experiments.mlm_throughput --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
         --mixed_precision no --tokens_per_batch 256                                   # CPU smoke run
@@ -27,9 +31,11 @@ Compare the loss curves of finished run_mlm.py runs (their ``log_history.json``)
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +50,7 @@ from hf_lln.recipes.mlm.model import VOCABULARY_MULTIPLE
 from hf_lln.recipes.training import (
     LOG_HISTORY_FILE,
     apply_memory_options,
-    decay_parameter_groups,
+    make_optimizer,
     training_step,
 )
 
@@ -55,6 +61,11 @@ FIRST_WORD_ID = len(SPECIAL_TOKENS)
 ZERO_COST = "zero_cost"
 ZERO_COST_QK = "zero_cost_qk"
 FLOORS = (ZERO_COST, ZERO_COST_QK)
+# the optimizer flags of run_mlm.py's base-size command (its docstring), through the function it builds its
+# optimizer with
+OPTIMIZER_ARGUMENTS = argparse.Namespace(
+    learning_rate=6e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8
+)
 
 
 def zero_cost_attention(module, query, key, value, attention_mask, **kwargs):
@@ -125,6 +136,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max_probe_length", type=int, default=131072)
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="Per-kernel device time of each row's step (torch.profiler, CUDA only), after the table.",
+    )
+    parser.add_argument(
         "--loss_curves", nargs="+", type=Path, help="Only compare these runs' log_history.json."
     )
     args = parser.parse_args(argv)
@@ -153,8 +169,38 @@ def random_batch(tokenizer, batch: int, seq: int, device: torch.device) -> dict[
     }
 
 
+PROFILED_STEPS = 3
+PROFILE_TOP_KERNELS = 12
+
+
+def profile_steps(step: Callable[[], object], device: torch.device) -> list[str]:
+    """Lines summarising ``PROFILED_STEPS`` calls of ``step`` under torch.profiler: per step, the device time of
+    all kernels, their launches, the idle time (wall minus kernel time) and the longest kernels."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    synchronize(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(PROFILED_STEPS):
+            step()
+        synchronize(device)
+        wall_ms = (time.perf_counter() - start) * 1e3 / PROFILED_STEPS
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total: dict[str, float] = {}
+    for event in kernels:
+        total[event.name] = total.get(event.name, 0.0) + event.device_time_total / 1e3 / PROFILED_STEPS
+    busy = sum(total.values())
+    lines = [
+        f"  wall {wall_ms:.1f} ms/step (profiler on), kernels {busy:.1f} ms, idle {wall_ms - busy:.1f} ms, "
+        f"{len(kernels) / PROFILED_STEPS:.0f} launches"
+    ]
+    for name, ms in sorted(total.items(), key=lambda item: -item[1])[:PROFILE_TOP_KERNELS]:
+        lines.append(f"  {ms:7.2f} ms  {name[:100]}")
+    return lines
+
+
 def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int, batch: int) -> dict | None:
-    """Tokens/s and peak memory of training steps at (batch, seq); None when it does not fit in memory."""
+    """Tokens/s and peak memory of training steps at (batch, seq), with ``--profile`` the profile's lines
+    (``profile_steps``); None when it does not fit in memory."""
     config = config_for_attention(preset_config(args.config_name), attention)
     if args.attention_dropout is not None:
         config.attention_probs_dropout_prob = args.attention_dropout
@@ -167,7 +213,7 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
     try:
         model = build_model(model_args, config, tokenizer, seq)
         apply_memory_options(model, model_args)
-        optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=1e-4)
+        optimizer = make_optimizer(model, OPTIMIZER_ARGUMENTS, accelerator.device)
         # run_mlm.py's default schedule (linear); what it costs per step does not depend on its shape
         scheduler = get_scheduler(
             "linear",
@@ -182,22 +228,32 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
         torch.manual_seed(0)  # the masks of every row are drawn from the global RNG, as in run_mlm.py
         if accelerator.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        for step in range(args.warmup_steps + args.steps):
-            if step == args.warmup_steps:
+        step = functools.partial(
+            training_step,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            inputs,
+            objective.loss,
+            args.max_grad_norm,
+        )
+        for index in range(args.warmup_steps + args.steps):
+            if index == args.warmup_steps:
                 synchronize(accelerator.device)
                 start = time.perf_counter()
-            training_step(
-                accelerator, model, optimizer, scheduler, inputs, objective.loss, args.max_grad_norm
-            )
+            step()
         synchronize(accelerator.device)
         seconds = time.perf_counter() - start
         peak = (
             torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
         )
+        profiled = args.profile and accelerator.device.type == "cuda"
         return {
             "tokens_per_second": batch * seq * args.steps / seconds,
             "ms_per_step": seconds / args.steps * 1e3,
             "peak_gib": peak,
+            "profile": profile_steps(step, accelerator.device) if profiled else [],
         }
     except torch.OutOfMemoryError:
         return None
@@ -236,6 +292,7 @@ def throughput_table(args) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     floors: dict[tuple[str, int], float] = {}
+    profiles: list[str] = []
     # the zero-cost steps first, so every other row can be set against them
     attentions = sorted(
         args.attn_implementations, key=lambda name: FLOORS.index(name) if name in FLOORS else 2
@@ -257,6 +314,11 @@ def throughput_table(args) -> None:
                 f"{over} | {result['peak_gib']:.2f} |",
                 flush=True,
             )
+            if result["profile"]:
+                profiles += [f"\n{attention}, seq {seq}, batch {batch}:", *result["profile"]]
+    if profiles:
+        print(f"\nProfile of {PROFILED_STEPS} more steps per row (kernel device time per step):")
+        print("\n".join(profiles), flush=True)
     if args.find_max_seq_length:
         print("\n| attention | longest sequence that trains at batch 1 |")
         print("|---|---:|")

@@ -125,7 +125,7 @@ def finetune(
             transfer_dl = make_dataloader(encoded["train"], collate, args.transfer_batch_size, shuffle=True)
             transfer = transfer_on_task(accelerator, teacher, model, transfer_dl, args, task)
 
-        optimizer = make_optimizer(model, args)
+        optimizer = make_optimizer(model, args, accelerator.device)
         model, optimizer, train_dl, *loaders = accelerator.prepare(
             model, optimizer, train_dl, *eval_dls, *test_dls
         )

@@ -94,7 +94,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         tokenized = tokenize_for_mlm(raw, tokenizer, max_seq_length, args, accelerator)
         pad_multiple = 8 if accelerator.mixed_precision in ("fp16", "bf16", "fp8") else None
         train_loader, eval_loader = make_dataloaders(tokenized, tokenizer, args, pad_multiple)
-        optimizer = make_optimizer(model, args)
+        optimizer = make_optimizer(model, args, accelerator.device)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )

@@ -130,3 +130,20 @@ def test_the_timed_step_is_run_mlms_training_step(script, monkeypatch, capsys, t
     assert [(loss.__func__, norm, vocab) for loss, norm, vocab in calls] == [
         (MaskedLanguageModeling.loss, 0.5, 320)
     ] * 2
+
+
+@pytest.mark.gpu
+def test_profile_counts_the_kernels_of_each_step(script):
+    """Two 4096-wide matrix products a step: every profiled step's two launches are counted, the product kernel
+    is listed, and the device time it reports is within the wall time."""
+    a = torch.randn(4096, 4096, device="cuda")
+
+    def step():
+        return (a @ a) @ a
+
+    step()
+    lines = script.profile_steps(step, a.device)
+    head = lines[0].split()
+    wall, kernels, launches = float(head[1]), float(head[6]), int(head[11])
+    assert launches == 2 and 0 < kernels <= wall
+    assert len(lines) >= 2 and float(lines[1].split()[0]) > 0

@@ -31,13 +31,22 @@ def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[
     ]
 
 
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW over :func:`decay_parameter_groups` with the ``--learning_rate/--adam_*`` flags."""
+def make_optimizer(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device | str = "cpu"
+) -> torch.optim.AdamW:
+    """AdamW over :func:`decay_parameter_groups` with the ``--learning_rate/--adam_*`` flags, for training on
+    ``device`` (the accelerator's; the model may still be on the CPU).
+
+    On CUDA it is PyTorch's fused AdamW (one kernel for all parameters instead of a dozen multi-tensor
+    launches), as Transformers' Trainer defaults to: less host time in a step that the host's launches decide
+    (``docs/benchmark.md``). Elsewhere PyTorch's default implementation.
+    """
     return torch.optim.AdamW(
         decay_parameter_groups(model, args.weight_decay),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
+        fused=torch.device(device).type == "cuda" or None,
     )
 
 

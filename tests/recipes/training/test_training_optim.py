@@ -64,3 +64,25 @@ def test_half_precision_checkpoint_loads_float32_master_weights(tmp_path):
     args = argparse.Namespace(attn_implementation="sdpa")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path, **model_init_kwargs(args))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_the_cuda_optimizer_is_fused_and_steps_as_the_default_one():
+    """Training on CUDA gets PyTorch's fused AdamW; its step is the default implementation's (run here on the
+    CPU, where both exist)."""
+    args = argparse.Namespace(
+        learning_rate=0.1, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8
+    )
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [make_optimizer(models[0], args), make_optimizer(models[1], args, torch.device("cuda"))]
+    assert [o.defaults["fused"] for o in optimizers] == [None, True]
+    inputs = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    initial = models[0].weight.detach().clone()
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers, strict=True):
+            model(inputs).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert (models[1].weight - initial).abs().min() > 1e-3
