@@ -41,6 +41,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SETTINGS = {
     "default": {},
     "programs_per_sm=4": {"programs_per_sm": 4},
+    # sequences always shared out to several programs (atomic sums, zero fills, no prologue kernel)
+    "always_split": {"unsplit_programs_per_sm": 2**31},
     "warps=8": {"num_warps": 8},
     "stats_warps=4": {"num_warps_stats": 4},
     "backward_warps=8": {"num_warps_backward": 8},

@@ -24,8 +24,12 @@ def test_row_tile_passes_fit_the_register_file_without_spilling(script, head_dim
     (64K registers): the design of docs/kernels.md rests on it. (At 128 the four-times larger state
     takes 8 warps, one program per SM.)"""
     rows = script.functions.launch_plan(head_dim, head_dim).rows
-    row_kernels = [spec for spec in script.kernel_specs("bf16", head_dim, 64) if spec[1]["BLOCK"] == rows]
-    assert len(row_kernels) == 9
+    row_kernels = [
+        spec
+        for spec in script.kernel_specs("bf16", head_dim, 64)
+        if spec[1]["BLOCK"] in (rows, script.functions.PROLOGUE_ROW_BLOCK)
+    ]
+    assert len(row_kernels) == 11
     for name, constexprs, warps, stages in row_kernels:
         found = script.resources(name, "bf16", constexprs, warps, stages)
         assert found["spill_bytes"] == 0, (name, found)

@@ -29,6 +29,18 @@ needs_kernels = pytest.mark.skipif(
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
+def poison_allocator() -> None:
+    """On a GPU, fill the blocks the next allocations will reuse with NaN, so that an output element the kernels
+    never write, or a buffer they add into without a zero fill, shows up as NaN (the interpreter's CPU memory
+    cannot be poisoned this way)."""
+    if DEVICE != "cuda":
+        return
+    torch.cuda.synchronize()
+    free, _ = torch.cuda.mem_get_info()
+    blob = torch.full((min(free // 4, 1 << 28),), float("nan"), device="cuda")
+    del blob
+
+
 def inputs(batch, heads, seq, head_dim, dtype, *, v_dim=None, padded=True, seed=0, device=DEVICE):
     """q, k, v: (batch, heads, seq, dim) in ``dtype`` and a right-padding mask: (batch, seq) or None,
     whose first sequence is full and last has no real token when ``padded`` and batch > 2."""

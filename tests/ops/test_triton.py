@@ -12,18 +12,11 @@ import torch
 from hf_lln.ops import lln_attention, lln_diag_attention, reference
 from hf_lln.ops import triton as fused
 from hf_lln.ops.dispatch import use_kernels
+from tests.ops._fused import poison_allocator
 
 # Relative Frobenius error allowed per input dtype: float32 runs exact float32 products; bf16/fp16
 # round the output and gradients to the input dtype and run the float32 products as tf32.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-def _poison_allocator():
-    """Fill the blocks the next allocations will reuse with NaN."""
-    torch.cuda.synchronize()
-    free, _ = torch.cuda.mem_get_info()
-    blob = torch.full((min(free // 4, 1 << 28),), float("nan"), device="cuda")
-    del blob
 
 
 def _inputs(batch, heads, seq, head_dim, dtype, *, padded=True, seed=0):
@@ -69,7 +62,7 @@ def _compare(variant, q, k, v, mask, *, weights=None, **kwargs):
     grad_out = torch.randn(*q.shape[:3], v.shape[-1], generator=gen, device="cuda", dtype=torch.float64)
     with use_kernels("torch"):
         want = _run(fn, q.double(), k.double(), v.double(), mask, weights, grad_out, **kwargs)
-    _poison_allocator()
+    poison_allocator()
     with use_kernels("triton"):
         got = _run(fn, q, k, v, mask, weights, grad_out, **kwargs)
     assert got[0].dtype == q.dtype and got[0].shape == want[0].shape
@@ -168,7 +161,7 @@ def test_matches_dense_reference():
     weight = torch.rand(2, 64, device="cuda", dtype=torch.float64)
     kwargs = dict(mix="learnable_ratio", lln_weight=weight, block_size=32)
     want = reference.dense_lln_diag(q.double(), k.double(), v.double(), mask, **kwargs)
-    _poison_allocator()
+    poison_allocator()
     got = fused.fused_lln_diag_attention(q, k, v, mask, **kwargs)
     assert _rel_error(got, want) < TOLERANCE[torch.float32]
 

@@ -4,11 +4,13 @@ The maths of ``hf_lln.ops.cheap_linear.cheap_linear_attention``: with ``n`` the 
 the sequence (at least 1) and ``C = sum_j k_j v_j^T`` over them, ``out_i = (scale / n) q_i C`` for every
 query row (padded ones included, as in the PyTorch path); a sequence without real keys gives zeros.
 
-Forward: a state pass over k, v (``C`` and ``n``, float32, one atomic add per program) and a query pass
-over q. Backward, with ``c = scale / n`` and ``g = dout``: a query pass (``dq = c g C^T`` and
-``dC = c sum_i q_i^T g_i``, atomic) and a key pass (``dk = v dC^T``, ``dv = k dC``, zero on padded
-keys). LLN's passes minus its statistics, feature maps and normaliser; same layout conventions
-(``kernels.py``): strided ``(batch, heads, seq, dim)`` tensors, grid axis 1 = ``batch * heads``.
+Forward: a state pass over k, v (``C`` and ``n``, float32) and a query pass over q. Backward, with
+``c = scale / n`` and ``g = dout``: a query pass (``dq = c g C^T`` and ``dC = c sum_i q_i^T g_i``) and a
+key pass (``dk = v dC^T``, ``dv = k dC``, zero on padded keys). LLN's passes minus its statistics, feature
+maps and normaliser, with LLN's rules for sums over the sequence (stored or added atomically,
+``functions._split``) and for rebuilding the state in the backward (``functions._kept_state``), and its
+layout conventions (``kernels.py``): strided ``(batch, heads, seq, dim)`` tensors, grid axis 1 =
+``batch * heads``.
 Products: operands in the input dtype where both are inputs (exact products, float32 sums), tf32 for
 half inputs against the float32 state, 3xtf32 for float32 inputs.
 """
@@ -22,13 +24,14 @@ import triton.language as tl
 from hf_lln.ops.triton.functions import (
     _bhs_strides,
     _empty_like_layout,
+    _kept_state,
     _mask_args,
     _split,
     _unit_last_stride,
     launch_config,
     launch_plan,
 )
-from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows
+from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows, _reduce_out
 
 
 @triton.jit
@@ -37,8 +40,9 @@ def cheap_state_kernel(
     stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb,
     heads, seq, tiles_per_program,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """``C += sum_j k_j v_j^T`` and ``n += #j`` over the real keys of this program's tiles (atomic).
+    """``C += sum_j k_j v_j^T`` and ``n += #j`` over the real keys of this program's tiles (``_reduce_out``).
     Padded keys load as zeros (k and v both, so that whatever padding holds never reaches ``C``)."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -58,8 +62,8 @@ def cheap_state_kernel(
         v_in = _load_rows(v_base, rows, ok, vcols, stride_vs)
         state += _dot_in(tl.trans(k_in), v_in, k_in, HALF)
         count += ok.to(tl.float32)
-    tl.atomic_add(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
-    tl.atomic_add(COUNT + pid_bh, tl.sum(count, axis=0))
+    _reduce_out(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state, ATOMIC)
+    _reduce_out(COUNT + pid_bh, tl.sum(count, axis=0), ATOMIC)
 
 
 @triton.jit
@@ -106,9 +110,9 @@ def cheap_backward_query_kernel(
     Q, GRAD, DQ, STATE, COUNT, D_STATE,
     stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
     heads, seq, tiles_per_program, scale,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HALF: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HALF: tl.constexpr, ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """``dq_i = (scale / n) g_i C^T`` (stored) and ``dC += (scale / n) q_i^T g_i`` (atomic) over the
+    """``dq_i = (scale / n) g_i C^T`` (stored) and ``dC += (scale / n) q_i^T g_i`` (``_reduce_out``) over the
     program's tiles."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -135,7 +139,7 @@ def cheap_backward_query_kernel(
             dq.to(DQ.dtype.element_ty),
             mask=row_ok[:, None],
         )
-    tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state * factor)
+    _reduce_out(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state * factor, ATOMIC)
 
 
 @triton.jit
@@ -172,12 +176,14 @@ def _split_state(buffer: torch.Tensor, bh: int, head_dim: int, v_dim: int):
 
 
 def _state(k, v, mask, plan):
-    """One float32 buffer holding ``C: (bh, head_dim, v_dim)`` and ``n: (bh,)`` (one zero fill; ``_split_state``)."""
+    """One float32 buffer holding ``C: (bh, head_dim, v_dim)`` and ``n: (bh,)`` (``_split_state``; zero-filled
+    where several programs add into it)."""
     batch, heads, seq, head_dim = k.shape
     v_dim = v.shape[-1]
     bh = batch * heads
     per_program, chunks = _split(bh, triton.cdiv(seq, plan.rows), k.device)
-    buffer = torch.zeros(bh * (head_dim * v_dim + 1), dtype=torch.float32, device=k.device)
+    allocate = torch.zeros if chunks > 1 else torch.empty
+    buffer = allocate(bh * (head_dim * v_dim + 1), dtype=torch.float32, device=k.device)
     state, count = _split_state(buffer, bh, head_dim, v_dim)
     mask_arg, stride_mb = _mask_args(mask, k)
     cheap_state_kernel[(chunks, bh)](
@@ -185,7 +191,7 @@ def _state(k, v, mask, plan):
         *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, per_program,
         D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HALF=k.dtype != torch.float32,
-        num_warps=plan.warps,
+        ATOMIC=chunks > 1, num_warps=plan.warps,
     )  # fmt: skip
     return buffer
 
@@ -214,10 +220,14 @@ def _cheap_forward(q, k, v, mask, scale):
 
 
 def _cheap_backward(grad, q, k, v, mask, buffer, scale):
+    """Gradients from the forward's state ``buffer``, or the state rebuilt from k, v where the forward did not
+    keep it (``functions._kept_state``)."""
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
-    state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
     plan = launch_plan(head_dim, v_dim)
+    if buffer is None:
+        buffer = _state(k, v, mask, plan)
+    state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
     half = q.dtype != torch.float32
     grad = _unit_last_stride(grad)
     dq, dk, dv = (
@@ -225,13 +235,13 @@ def _cheap_backward(grad, q, k, v, mask, buffer, scale):
         _empty_like_layout(k, head_dim),
         _empty_like_layout(v, v_dim),
     )
-    d_state = torch.zeros_like(state)
     per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
+    d_state = torch.zeros_like(state) if chunks > 1 else torch.empty_like(state)
     cheap_backward_query_kernel[(chunks, batch * heads)](
         q, grad, dq, state, count, d_state,
         *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
         heads, seq, per_program, scale,
-        D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=half,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=half, ATOMIC=chunks > 1,
         num_warps=plan.warps_query,
     )  # fmt: skip
     mask_arg, stride_mb = _mask_args(mask, q)
@@ -265,7 +275,7 @@ def _(q, k, v, mask, scale):
 
 @torch.library.custom_op("hf_lln::fused_cheap_linear_backward", mutates_args=())
 def _cheap_backward_op(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, buffer: Tensor, scale: float
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, buffer: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     return _cheap_backward(grad, q, k, v, mask, buffer, scale)
 
@@ -281,7 +291,7 @@ def _(grad, q, k, v, mask, buffer, scale):
 
 def _cheap_setup_context(ctx, inputs, output):
     q, k, v, mask, scale = inputs
-    ctx.save_for_backward(q, k, v, mask, output[1])
+    ctx.save_for_backward(q, k, v, mask, _kept_state(output[1], q, v))
     ctx.scale = scale
 
 
@@ -300,7 +310,7 @@ class _FusedCheapLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):
         out, buffer = _cheap_forward(q, k, v, mask, scale)
-        ctx.save_for_backward(q, k, v, mask, buffer)
+        ctx.save_for_backward(q, k, v, mask, _kept_state(buffer, q, v))
         ctx.scale = scale
         return out
 

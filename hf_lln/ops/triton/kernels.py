@@ -106,26 +106,24 @@ def _merge_slots(n, mean, m2):
 
 
 @triton.jit
-def lln_stats_kernel(
-    Q, K, MASK, MOMENTS, KMAX, KMIN,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_mb,
-    heads, seq, tiles_per_program, num_chunks,
+def _reduce_out(ptr, value, ATOMIC: tl.constexpr):
+    """A program's part of a sum over the sequence: added atomically when several programs share one
+    (batch, head) (``ptr`` zero-filled), stored when one program covers the whole sequence."""
+    if ATOMIC:
+        tl.atomic_add(ptr, value)
+    else:
+        tl.store(ptr, value)
+
+
+@triton.jit
+def _moment_tiles(
+    q_base, k_base, mask_base, stride_qs, stride_ks, seq, first, num_tiles,
     D: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_MOMENTS: tl.constexpr,
 ):  # fmt: skip
-    """Per-channel moments of q and k (over real tokens with ``MASKED_MOMENTS``, else over all) and
-    per-channel extremes of k over real tokens, per chunk.
-
-    Each of the tile's ``BLOCK`` row slots keeps its own Welford accumulators across the program's
-    tiles (element-wise work only); the slots are merged once at the end, so the loop has no
-    cross-warp reduction. Writes ``MOMENTS: (bh, num_chunks, 5, D)`` = (count, q mean, q M2, k mean,
-    k M2) and ``KMAX, KMIN: (bh, num_chunks, D)``; ``lln_scales_kernel`` or the host merges the chunks.
-    """
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // heads
-    h = pid_bh % heads
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h * stride_kh
+    """Per-row-slot Welford accumulators ``(BLOCK, D)`` over ``num_tiles`` tiles from tile ``first``:
+    (count, q mean, q M2, k mean, k M2) over real tokens with ``MASKED_MOMENTS``, else over all, and the
+    extremes of k over real tokens (k max, k min). Element-wise work only: no cross-warp reduction in the
+    loop; ``_merge_slots`` merges the slots once."""
     cols = tl.arange(0, D)
     n = tl.zeros([BLOCK, D], tl.float32)
     q_mean = tl.zeros([BLOCK, D], tl.float32)
@@ -134,11 +132,10 @@ def lln_stats_kernel(
     k_m2 = tl.zeros([BLOCK, D], tl.float32)
     k_max = tl.full([BLOCK, D], float("-inf"), tl.float32)
     k_min = tl.full([BLOCK, D], float("inf"), tl.float32)
-    first = pid_c * tiles_per_program
-    for i in range(tiles_per_program):
+    for i in range(num_tiles):
         rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < seq
-        key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)[:, None] & (cols[None, :] < D)
+        key_ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)[:, None] & (cols[None, :] < D)
         if MASKED_MOMENTS:
             ok = key_ok.to(tl.float32)
         else:
@@ -149,6 +146,83 @@ def lln_stats_kernel(
         n, k_mean, k_m2 = _welford_step(n, k_mean, k_m2, k, ok)
         k_max = tl.maximum(k_max, tl.where(key_ok, k, float("-inf")))
         k_min = tl.minimum(k_min, tl.where(key_ok, k, float("inf")))
+    return n, q_mean, q_m2, k_mean, k_m2, k_max, k_min
+
+
+@triton.jit
+def _matched_scales(
+    count, q_mean, q_m2, k_mean, k_m2, k_max, k_min, softmax_factor, const_a, const_b, min_std
+):
+    """alpha, beta (scalars) and the shift ``M_c: (D,)`` of one (batch, head) from per-channel (count, mean,
+    M2) of q and k and the per-channel extremes of k (``(D,)`` each).
+
+    Merges the channels (Chan et al.) into unbiased stds floored at ``min_std``, then applies
+    ``hf_lln.ops.moments.lln_feature_scales`` (``softmax_factor = head_dim * scale**2``; the tests hold the
+    two to the same numbers): ``s~ = sqrt(max(0, (s_q^2 s_k^2 factor - b) / 2a))``, ``alpha = s~ / s_q``,
+    ``beta = s~ / s_k``; ``M_c = max(beta k_max_c, beta k_min_c)``, 0 when the sequence has no real key.
+    """
+    total = tl.sum(count, axis=0)
+    q_grand = tl.sum(count * q_mean, axis=0) / tl.maximum(total, 1.0)
+    k_grand = tl.sum(count * k_mean, axis=0) / tl.maximum(total, 1.0)
+    dq = q_mean - q_grand
+    dk = k_mean - k_grand
+    denom = tl.maximum(total - 1.0, 1.0)
+    q_std = tl.maximum(tl.sqrt(tl.sum(q_m2 + count * dq * dq, axis=0) / denom), min_std)
+    k_std = tl.maximum(tl.sqrt(tl.sum(k_m2 + count * dk * dk, axis=0) / denom), min_std)
+    softmax_variance = q_std * q_std * k_std * k_std * softmax_factor
+    matched = tl.sqrt(tl.maximum((softmax_variance - const_b) / (2.0 * const_a), 0.0))
+    alpha = matched / q_std
+    beta = matched / k_std
+    shift = tl.maximum(beta * k_max, beta * k_min)
+    shift = tl.where(tl.abs(shift) < float("inf"), shift, 0.0)
+    return alpha, beta, shift
+
+
+@triton.jit
+def _state_tiles(
+    k_base, v_base, mask_base, beta, shift, stride_ks, stride_vs, seq, first, num_tiles,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """``(sum_j phi_k_j v_j^T: (D, DV), sum_j phi_k_j: (D,))`` over ``num_tiles`` tiles from tile ``first``."""
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    state = tl.zeros([D, DV], tl.float32)
+    norm = tl.zeros([BLOCK, D], tl.float32)  # per row slot: summed over rows once, after the loop
+    for i in range(num_tiles):
+        rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < seq
+        ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)
+        k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
+        v = _load_rows(v_base, rows, row_ok, vcols, stride_vs).to(tl.float32)
+        phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
+        state += _dot(tl.trans(phi), v, HALF)
+        norm += phi
+    return state, tl.sum(norm, axis=0)
+
+
+@triton.jit
+def lln_stats_kernel(
+    Q, K, MASK, MOMENTS, KMAX, KMIN,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_mb,
+    heads, seq, tiles_per_program, num_chunks,
+    D: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_MOMENTS: tl.constexpr,
+):  # fmt: skip
+    """Per-channel moments of q and k (over real tokens with ``MASKED_MOMENTS``, else over all) and
+    per-channel extremes of k over real tokens, per chunk (``_moment_tiles``).
+
+    Writes ``MOMENTS: (bh, num_chunks, 5, D)`` = (count, q mean, q M2, k mean, k M2) and
+    ``KMAX, KMIN: (bh, num_chunks, D)``; ``lln_scales_kernel`` or the host merges the chunks.
+    """
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    cols = tl.arange(0, D)
+    n, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
+        Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh, MASK + b * stride_mb,
+        stride_qs, stride_ks, seq, pid_c * tiles_per_program, tiles_per_program,
+        D, BLOCK, HAS_MASK, MASKED_MOMENTS,
+    )  # fmt: skip
     count, q_grand, q_total = _merge_slots(n, q_mean, q_m2)
     _, k_grand, k_total = _merge_slots(n, k_mean, k_m2)
     chunk = pid_bh * num_chunks + pid_c
@@ -168,14 +242,8 @@ def lln_scales_kernel(
     num_chunks, softmax_factor, const_a, const_b, min_std,
     D: tl.constexpr,
 ):  # fmt: skip
-    """Per-sequence alpha, beta and shift of one (batch, head) from the statistics kernel's partials.
-
-    Merges the (count, mean, M2) partials (Chan et al.) into unbiased stds floored at ``min_std``, then
-    applies ``hf_lln.ops.moments.lln_feature_scales`` (``softmax_factor = head_dim * scale**2``; the
-    tests hold the two to the same numbers): ``s~ = sqrt(max(0, (s_q^2 s_k^2 factor - b) / 2a))``,
-    ``alpha = s~ / s_q``, ``beta = s~ / s_k``; ``M_c = max(beta k_max_c, beta k_min_c)``, 0 when the
-    sequence has no real key.
-    """
+    """Per-sequence alpha, beta and shift of one (batch, head) from the statistics kernel's partials: the
+    chunks merged per channel (Chan et al.), then ``_matched_scales``."""
     pid = tl.program_id(0)
     cols = tl.arange(0, D)
     count = tl.zeros([D], tl.float32)
@@ -191,9 +259,8 @@ def lln_scales_kernel(
         k_sum += n * tl.load(base + 3 * D)
         k_max = tl.maximum(k_max, tl.load(KMAX + (pid * num_chunks + c) * D + cols))
         k_min = tl.minimum(k_min, tl.load(KMIN + (pid * num_chunks + c) * D + cols))
-    total = tl.sum(count, axis=0)
-    q_mean = tl.sum(q_sum, axis=0) / tl.maximum(total, 1.0)
-    k_mean = tl.sum(k_sum, axis=0) / tl.maximum(total, 1.0)
+    q_mean = q_sum / tl.maximum(count, 1.0)
+    k_mean = k_sum / tl.maximum(count, 1.0)
     q_m2 = tl.zeros([D], tl.float32)
     k_m2 = tl.zeros([D], tl.float32)
     for c in range(num_chunks):
@@ -203,18 +270,50 @@ def lln_scales_kernel(
         dk = tl.load(base + 3 * D) - k_mean
         q_m2 += tl.load(base + 2 * D) + n * dq * dq
         k_m2 += tl.load(base + 4 * D) + n * dk * dk
-    denom = tl.maximum(total - 1.0, 1.0)
-    q_std = tl.maximum(tl.sqrt(tl.sum(q_m2, axis=0) / denom), min_std)
-    k_std = tl.maximum(tl.sqrt(tl.sum(k_m2, axis=0) / denom), min_std)
-    softmax_variance = q_std * q_std * k_std * k_std * softmax_factor
-    matched = tl.sqrt(tl.maximum((softmax_variance - const_b) / (2.0 * const_a), 0.0))
-    alpha = matched / q_std
-    beta = matched / k_std
-    shift = tl.maximum(beta * k_max, beta * k_min)
-    shift = tl.where(tl.abs(shift) < float("inf"), shift, 0.0)
+    alpha, beta, shift = _matched_scales(
+        count, q_mean, q_m2, k_mean, k_m2, k_max, k_min, softmax_factor, const_a, const_b, min_std
+    )
     tl.store(ALPHA + pid, alpha)
     tl.store(BETA + pid, beta)
     tl.store(SHIFT + pid * D + cols, shift)
+
+
+@triton.jit
+def lln_prologue_kernel(
+    Q, K, V, MASK, ALPHA, BETA, SHIFT, STATE, NORM,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb,
+    heads, seq, num_tiles, softmax_factor, const_a, const_b, min_std,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """The statistics, scales and state passes of per-sequence LLN in one program per (batch, head), for
+    calls whose (batch, head) count alone fills the GPU: one launch instead of three, no partials, no
+    zero-filled state, and the second read of k comes from L2. Grid: (bh,)."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    mask_base = MASK + b * stride_mb
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    n, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
+        q_base, k_base, mask_base, stride_qs, stride_ks, seq, 0, num_tiles, D, BLOCK, HAS_MASK, True
+    )
+    count, q_mean_c, q_m2_c = _merge_slots(n, q_mean, q_m2)
+    _, k_mean_c, k_m2_c = _merge_slots(n, k_mean, k_m2)
+    alpha, beta, shift = _matched_scales(
+        count, q_mean_c, q_m2_c, k_mean_c, k_m2_c, tl.max(k_max, axis=0), tl.min(k_min, axis=0),
+        softmax_factor, const_a, const_b, min_std,
+    )  # fmt: skip
+    tl.store(ALPHA + pid_bh, alpha)
+    tl.store(BETA + pid_bh, beta)
+    tl.store(SHIFT + pid_bh * D + cols, shift)
+    state, norm = _state_tiles(
+        k_base, V + b * stride_vb + h * stride_vh, mask_base, beta, shift, stride_ks, stride_vs, seq, 0,
+        num_tiles, D, DV, BLOCK, HAS_MASK, HALF,
+    )  # fmt: skip
+    tl.store(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
+    tl.store(NORM + pid_bh * D + cols, norm)
 
 
 @triton.jit
@@ -223,33 +322,22 @@ def lln_state_kernel(
     stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb,
     heads, seq, tiles_per_program,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """``S += sum_j phi_k_j v_j^T`` and ``z += sum_j phi_k_j`` over this program's tiles (atomic adds)."""
+    """``S += sum_j phi_k_j v_j^T`` and ``z += sum_j phi_k_j`` over this program's tiles (``_reduce_out``)."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
     cols = tl.arange(0, D)
     vcols = tl.arange(0, DV)
-    beta = tl.load(BETA + pid_bh)
-    shift = tl.load(SHIFT + pid_bh * D + cols)
-    state = tl.zeros([D, DV], tl.float32)
-    norm = tl.zeros([BLOCK, D], tl.float32)  # per row slot: summed over rows once, after the loop
-    first = pid_c * tiles_per_program
-    for i in range(tiles_per_program):
-        t = first + i
-        rows = t * BLOCK + tl.arange(0, BLOCK)
-        row_ok = rows < seq
-        ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
-        k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
-        v = _load_rows(v_base, rows, row_ok, vcols, stride_vs).to(tl.float32)
-        phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
-        state += _dot(tl.trans(phi), v, HALF)
-        norm += phi
-    tl.atomic_add(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state)
-    tl.atomic_add(NORM + pid_bh * D + cols, tl.sum(norm, axis=0))
+    state, norm = _state_tiles(
+        K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh, MASK + b * stride_mb,
+        tl.load(BETA + pid_bh), tl.load(SHIFT + pid_bh * D + cols), stride_ks, stride_vs, seq,
+        pid_c * tiles_per_program, tiles_per_program, D, DV, BLOCK, HAS_MASK, HALF,
+    )  # fmt: skip
+    _reduce_out(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], state, ATOMIC)
+    _reduce_out(NORM + pid_bh * D + cols, norm, ATOMIC)
 
 
 @triton.jit
@@ -333,8 +421,9 @@ def lln_backward_query_kernel(
     stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
     heads, seq, tiles_per_program, eps,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """Query side of the LLN backward: ``dq`` (stored), ``dS, dz`` (atomic). With ``HAS_DIAG`` the
+    """Query side of the LLN backward: ``dq`` (stored), ``dS, dz`` (``_reduce_out``). With ``HAS_DIAG`` the
     incoming gradient is scaled by ``w_lln`` first and ``d w_lln`` is accumulated (atomic); the block
     softmax's part is ``lln_backward_block_kernel``'s."""
     pid_c = tl.program_id(0)
@@ -375,8 +464,8 @@ def lln_backward_query_kernel(
             (d_phi * phi * alpha).to(DQ.dtype.element_ty),
             mask=row_ok[:, None],
         )
-    tl.atomic_add(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state)
-    tl.atomic_add(D_NORM + pid_bh * D + cols, d_norm)
+    _reduce_out(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state, ATOMIC)
+    _reduce_out(D_NORM + pid_bh * D + cols, d_norm, ATOMIC)
     if HAS_DIAG:
         tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
 

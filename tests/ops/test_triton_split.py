@@ -1,0 +1,107 @@
+"""A pass that reduces over the sequence either shares a (batch, head)'s tiles out to several programs, which add
+their sums atomically into zero-filled buffers, or gives the whole sequence to one program, which stores its sums
+(for per-sequence LLN the statistics, scales and state passes then run as one ``lln_prologue_kernel``). Which one
+runs depends on the GPU and the batch (``LaunchConfig.unsplit_programs_per_sm``): both must give the dense
+reference's outputs and gradients, the mix weights' included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hf_lln.ops import reference  # noqa: E402
+from hf_lln.ops import triton as fused  # noqa: E402
+from hf_lln.ops.triton import functions  # noqa: E402
+from hf_lln.ops.triton.cheap_linear import fused_cheap_linear  # noqa: E402
+from hf_lln.ops.triton.functions import fused_lln  # noqa: E402
+from tests.ops._fused import DEVICE, inputs, needs_kernels, outputs_and_grads, poison_allocator  # noqa: E402
+from tests.ops._variants import relative_error  # noqa: E402
+
+SCALE = 0.3
+BLOCK_SIZE = 16
+# one program per (batch, head) whatever the GPU; or about 64 programs per SM (interpreter: 64 programs), which
+# splits the sequences of these small batches into several programs each
+SPLITS = {"one_program": {"unsplit_programs_per_sm": 0}, "shared": {"unsplit_programs_per_sm": 10**9}}
+
+
+@pytest.fixture(params=list(SPLITS))
+def split(request, monkeypatch):
+    monkeypatch.setattr(functions.launch_config, "programs_per_sm", 64)
+    for name, value in SPLITS[request.param].items():
+        monkeypatch.setattr(functions.launch_config, name, value)
+    return request.param
+
+
+def _fused(variant):
+    def call(q, k, v, mask, *weights):
+        if variant == "cheap_linear":
+            return fused_cheap_linear(q, k, v, mask, scale=SCALE)
+        if variant in ("lln", "lln_global"):
+            stats = "global" if variant == "lln_global" else "per_sequence"
+            return fused_lln(q, k, v, mask, None, None, block_size=None, scale=SCALE, eps=1e-6, stats=stats)
+        w_lln, w_diag = fused._mix_weights("learnable_scale", *weights, q.shape[1], v.shape[-1], q)
+        return fused_lln(
+            q, k, v, mask, w_lln, w_diag, block_size=BLOCK_SIZE, scale=SCALE, eps=1e-6, stats="per_sequence"
+        )
+
+    return call
+
+
+def _dense(variant):
+    def call(q, k, v, mask, *weights):
+        if variant == "cheap_linear":
+            return reference.dense_cheap_linear(q, k, v, mask, scale=SCALE)
+        if variant in ("lln", "lln_global"):
+            stats = "global" if variant == "lln_global" else "per_sequence"
+            return reference.dense_lln(q, k, v, mask, scale=SCALE, stats=stats)
+        lln_weight, diag_weight = weights
+        return reference.dense_lln_diag(
+            q, k, v, mask, mix="learnable_scale", lln_weight=lln_weight, diag_weight=diag_weight,
+            block_size=BLOCK_SIZE, scale=SCALE,
+        )  # fmt: skip
+
+    return call
+
+
+@needs_kernels
+@pytest.mark.parametrize("variant", ["lln", "lln_global", "lln_diag", "cheap_linear"])
+@pytest.mark.parametrize("seq", [1, 45, 100])
+def test_one_program_or_shared_sequences_match_the_dense_reference(variant, seq, split):
+    """Three right-padded sequences, the last with no real token, in float32 against float64."""
+    q, k, v, mask = inputs(3, 2, seq, 16, torch.float32, seed=seq)
+    weights = [
+        torch.rand(2, 16, generator=torch.Generator().manual_seed(seq)).to(DEVICE) + 0.5 for _ in range(2)
+    ]
+    if variant != "lln_diag":
+        weights = []
+    grad_out = torch.randn(3, 2, seq, 16, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    batch_heads, num_tiles = 6, -(-seq // functions.ROW_BLOCK)
+    assert (functions._split(batch_heads, num_tiles, q.device)[1] == 1) == (
+        split == "one_program" or seq == 1
+    )
+    poison_allocator()
+    got = outputs_and_grads(lambda *t: _fused(variant)(*t[:3], mask, *t[3:]), [q, k, v, *weights], grad_out)
+    want = outputs_and_grads(
+        lambda *t: _dense(variant)(*t[:3], mask, *t[3:]),
+        [t.double() for t in (q, k, v, *weights)],
+        grad_out.double(),
+    )
+    for name, a, b in zip(["out", "dq", "dk", "dv", "d w_lln", "d w_diag"], got, want, strict=False):
+        assert relative_error(a, b) < 1e-4, (name, relative_error(a, b))
+
+
+@needs_kernels
+@pytest.mark.parametrize("variant", ["lln", "lln_diag", "cheap_linear"])
+def test_the_backward_rebuilds_the_state_where_one_program_covers_each_head(variant, split):
+    """The forward keeps its (batch * heads, head_dim, v_dim + 1) state for the backward only where sequences are
+    shared out; with one program per (batch, head) the backward rebuilds it (tested above) and nothing of that
+    size stays saved."""
+    q, k, v, mask = inputs(3, 2, 45, 16, torch.float32, seed=2)
+    weights = [torch.ones(2, 16, device=DEVICE)] * 2 if variant == "lln_diag" else []
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = _fused(variant)(*leaves, mask, *weights)
+    state_size = 6 * 16 * 17 if variant != "cheap_linear" else 6 * (16 * 16 + 1)
+    saved = [t.numel() for t in out.grad_fn.saved_tensors if t is not None]
+    assert (state_size in saved) == (split == "shared")
