@@ -209,7 +209,7 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
         attn_implementation=attention,
         gradient_checkpointing=args.gradient_checkpointing,
     )
-    model = optimizer = scheduler = None
+    model = optimizer = scheduler = step = None
     try:
         model = build_model(model_args, config, tokenizer, seq)
         apply_memory_options(model, model_args)
@@ -258,7 +258,8 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
     except torch.OutOfMemoryError:
         return None
     finally:
-        del model, optimizer, scheduler
+        # every reference to the model goes before the collection, or the next row's peak memory counts it
+        del model, optimizer, scheduler, step
         accelerator.free_memory()
         gc.collect()
         if torch.cuda.is_available():

@@ -147,3 +147,26 @@ def test_profile_counts_the_kernels_of_each_step(script):
     wall, kernels, launches = float(head[1]), float(head[6]), int(head[11])
     assert launches == 2 and 0 < kernels <= wall
     assert len(lines) >= 2 and float(lines[1].split()[0]) > 0
+
+
+def test_a_measured_model_is_freed_before_the_next_row(script, monkeypatch):
+    """Nothing of a row's model outlives its measurement (else the next row's peak memory counts its weights),
+    also under mixed precision, where accelerate's wrapped forward ties the model into a reference cycle."""
+    import weakref
+
+    built = []
+
+    def recording_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    real_build = script.build_model
+    monkeypatch.setattr(script, "build_model", recording_build)
+    args = script.parse_args(TINY_TABLE[1:])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = script.Accelerator(mixed_precision="bf16", step_scheduler_with_optimizer=False)
+    tokenizer = script.word_tokenizer(preset_config(args.config_name).vocab_size)
+    assert script.measure(accelerator, args, tokenizer, "lln", 32, 2) is not None
+    assert len(built) == 1 and built[0]() is None
