@@ -166,7 +166,11 @@ def test_a_measured_model_is_freed_before_the_next_row(script, monkeypatch):
     args = script.parse_args(TINY_TABLE[1:])
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    accelerator = script.Accelerator(mixed_precision="bf16", step_scheduler_with_optimizer=False)
-    tokenizer = script.word_tokenizer(preset_config(args.config_name).vocab_size)
-    assert script.measure(accelerator, args, tokenizer, "lln", 32, 2) is not None
+    try:
+        accelerator = script.Accelerator(mixed_precision="bf16", step_scheduler_with_optimizer=False)
+        tokenizer = script.word_tokenizer(preset_config(args.config_name).vocab_size)
+        assert script.measure(accelerator, args, tokenizer, "lln", 32, 2) is not None
+    finally:  # the next test of this process builds its own accelerator, at its own precision
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
     assert len(built) == 1 and built[0]() is None
