@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hf_lln.ops.triton import functions
 from hf_lln.ops.triton.functions import (
     _bhs_strides,
     _empty_like_layout,
@@ -28,7 +29,6 @@ from hf_lln.ops.triton.functions import (
     _mask_args,
     _split,
     _unit_last_stride,
-    launch_config,
     launch_plan,
 )
 from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows, _reduce_out
@@ -208,7 +208,7 @@ def _cheap_forward(q, k, v, mask, scale):
     state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
     out = _empty_like_layout(q, v_dim)
     num_tiles = triton.cdiv(seq, plan.rows)
-    per_program = min(num_tiles, launch_config.output_tiles_per_program)
+    per_program = min(num_tiles, functions.launch_config.output_tiles_per_program)
     cheap_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
         q, out, state, count,
         *_bhs_strides(q), *_bhs_strides(out),
