@@ -310,6 +310,62 @@ def test_stacked_weight_losses_equal_each_layer_on_its_own(variant, groups):
         )
 
 
+@pytest.mark.parametrize(("variant", "family"), [("lln", "bert"), ("lln_diag", "roberta")])
+def test_weight_losses_on_groups_of_similar_length_equal_the_whole_batchs(variant, family):
+    """On the CPU the layer stage computes the weight losses on groups of rows of similar length, each cut after
+    its last real token: the losses and the gradients are the whole padded batch's."""
+    teacher, student = tiny_pair(variant, family)
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([12, 3, 7, 0, 12, 5, 9, 1, 2])  # one row without a real token
+    mask = (torch.arange(16)[None, :] < lengths[:, None]).long()  # four columns of padding past the longest
+    ids = torch.randint(5, TINY["vocab_size"], mask.shape, generator=generator).masked_fill(mask == 0, 1)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    assert run.length_groups == 4
+    hidden_states = run.teacher_pass(inputs)
+    grouped = run.layer_losses(inputs, hidden_states)
+    whole = run.weight_losses(hidden_states, mask.bool())
+    torch.testing.assert_close(torch.stack(grouped), torch.stack(whole), rtol=1e-5, atol=1e-7)
+    weights = [
+        projection.weight
+        for layer in encoder_layers(student)
+        for projection in (layer.attention.self.query, layer.attention.self.key)
+    ]
+    for ours, theirs in zip(grouped, whole, strict=True):
+        for a, b in zip(
+            torch.autograd.grad(ours, weights, retain_graph=True, materialize_grads=True),
+            torch.autograd.grad(theirs, weights, retain_graph=True, materialize_grads=True),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["lln", "lln_diag"])
+def test_a_sequence_without_real_tokens_changes_no_weight_loss(variant):
+    """A batch mate without a real token adds nothing to the weight losses and keeps them and their gradients
+    finite (its softmax and LLN rows have no key to normalise over)."""
+    teacher, student = tiny_pair(variant)
+    ids = torch.randint(5, TINY["vocab_size"], (2, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 5 + [0] * 3, [0] * 8])
+    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    hidden_states = run.teacher_pass({"input_ids": ids, "attention_mask": mask})
+    pair = run.weight_losses(hidden_states, mask.bool())
+    alone = run.weight_losses([h[:1] for h in hidden_states], mask[:1].bool())
+    torch.testing.assert_close(torch.stack(pair), torch.stack(alone))
+    weight = encoder_layers(student)[0].attention.self.query.weight
+    assert torch.autograd.grad(pair[0], weight)[0].isfinite().all()
+
+
+@pytest.mark.parametrize(
+    ("variant", "settings", "loss"),
+    [("performer", {}, "weights"), ("lln", {"lln_stats": "global"}, "weights"), ("lln", {}, "output")],
+)
+def test_rows_are_grouped_only_where_they_depend_on_their_own_sequence_alone(variant, settings, loss):
+    """Performer's rows are not checked for it, global statistics pool the batch, the output loss has no groups."""
+    teacher, student = tiny_pair(variant, **settings)
+    assert _Run(teacher, student, TransferSettings(loss=loss), Accelerator(cpu=True)).length_groups == 1
+
+
 @pytest.mark.parametrize("variant", ["lln", "lln_diag", "linear_elu"])
 def test_weight_loss_on_a_sample_of_queries_is_the_mean_over_their_rows(variant):
     """With ``queries``, the weight loss is the mean KL of those query rows alone (the real ones: a position past a

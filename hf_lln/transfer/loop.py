@@ -66,6 +66,11 @@ TEACHER_LOOKAHEAD = 8
 # The teacher's SDPA backends on a GPU: all but cuDNN's, which builds a plan for every new shape, and a transfer meets
 # one at nearly every teacher pass (an H200, MiniLM, bf16, 300 layer steps on MRPC: 7.15 s with it, 5.75 s without).
 TEACHER_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# On the CPU a layer step is arithmetic on (batch, heads, seq, seq) matrices padded to the batch's longest input. There
+# the weight losses run on this many groups of the batch's rows of similar length, each cut to its own longest, and
+# are combined weighted by their real tokens: the same losses and gradients for a fraction of the padded work. A GPU
+# step is bound by its launches, which this would multiply.
+CPU_LENGTH_GROUPS = 4
 # The ``train`` modes whose layer steps replay from CUDA graphs: those the GPU tests capture and compare with the
 # eager steps; the others (their extra parametrizations) keep the eager step.
 GRAPHED_TRAIN_MODES = ("qk", "lora")
@@ -434,6 +439,19 @@ class _Run:
         # Stacking saves kernel launches, which bound a GPU step; on the CPU, whose arithmetic bounds a step, it only
         # makes every temporary six times larger (MiniLM on 2 cores: 2.4 s a layer step one by one, 5.6 s stacked).
         self.groups = self.layer_groups(stack=accelerator.device.type == "cuda")
+        self.length_groups = CPU_LENGTH_GROUPS if self.rows_are_independent() else 1
+
+    def rows_are_independent(self) -> bool:
+        """Whether the weight losses may run on groups of a batch's rows (``CPU_LENGTH_GROUPS``): on the CPU, for the
+        weight loss of LLN and LLN+Diag students with per-sequence statistics, whose attention rows depend on their
+        own sequence alone (``stats="global"`` pools the batch; other variants are not checked for it)."""
+        if self.accelerator.device.type != "cpu" or self.settings.loss != "weights":
+            return False
+        return all(
+            layer.attention.self.config._attn_implementation in ("lln", "lln_diag")
+            and attention_options(layer.attention.self)["stats"] == "per_sequence"
+            for layer in encoder_layers(self.student)
+        )
 
     @classmethod
     def prepared(
@@ -631,21 +649,11 @@ class _Run:
         the batch's model inputs ``(batch, seq)``; the weight loss over the rows of the query positions ``queries:
         (count,)`` (None: all)."""
         mask = inputs["attention_mask"].bool()
-        teacher_layers, student_layers = encoder_layers(self.teacher), encoder_layers(self.student)
         if self.settings.loss == "weights":
-            losses = []
-            for group in self.groups:
-                hidden = torch.stack([hidden_states[index] for index in group])
-                with self.accelerator.autocast():
-                    stacked = stacked_weight_losses(
-                        [teacher_layers[index] for index in group],
-                        [student_layers[index] for index in group],
-                        hidden,
-                        mask,
-                        queries,
-                    )
-                losses += stacked.unbind()
-            return losses
+            if queries is None and self.length_groups > 1:
+                return self.grouped_weight_losses(hidden_states, mask)
+            return self.weight_losses(hidden_states, mask, queries)
+        teacher_layers, student_layers = encoder_layers(self.teacher), encoder_layers(self.student)
         losses = []
         for index, (teacher_layer, student_layer) in enumerate(
             zip(teacher_layers, student_layers, strict=True)
@@ -656,6 +664,43 @@ class _Run:
                     target = teacher_attention(teacher_layer, hidden, mask, self.settings.loss, queries)
                 prediction = student_attention(student_layer, hidden, mask, self.settings.loss, queries)
             losses.append(layer_loss(self.settings.loss, prediction, target, mask, queries))
+        return losses
+
+    def weight_losses(self, hidden_states, mask: torch.Tensor, queries=None) -> list[torch.Tensor]:
+        """``layer_losses``' weight losses, the layers of each of ``self.groups`` stacked."""
+        teacher_layers, student_layers = encoder_layers(self.teacher), encoder_layers(self.student)
+        losses = []
+        for group in self.groups:
+            hidden = torch.stack([hidden_states[index] for index in group])
+            with self.accelerator.autocast():
+                stacked = stacked_weight_losses(
+                    [teacher_layers[index] for index in group],
+                    [student_layers[index] for index in group],
+                    hidden,
+                    mask,
+                    queries,
+                )
+            losses += stacked.unbind()
+        return losses
+
+    def grouped_weight_losses(self, hidden_states, mask: torch.Tensor) -> list[torch.Tensor]:
+        """``weight_losses`` over every query row, computed on ``self.length_groups`` groups of the batch's rows of
+        similar length, each cut after its last real token (right padding only is cut: BERT's positions count any
+        left padding), and combined weighted by each group's share of the real tokens: each loss is a mean over
+        real query rows, and rows depend on their own sequence alone (``rows_are_independent``)."""
+        seq = mask.shape[1]
+        # a row's width: up to its last real token (0 for a row without one)
+        width = torch.where(mask.any(1), seq - mask.flip(1).to(torch.uint8).argmax(1), 0)
+        order = torch.argsort(width, descending=True, stable=True)
+        total = mask.sum().clamp_min(1)
+        losses = None
+        for rows in order.split(math.ceil(len(order) / self.length_groups)):
+            cut = max(1, int(width[rows].max()))
+            part_mask = mask[rows, :cut]
+            part = self.weight_losses([h[rows, :cut] for h in hidden_states], part_mask)
+            share = part_mask.sum() / total
+            weighted = [loss * share for loss in part]
+            losses = weighted if losses is None else [a + b for a, b in zip(losses, weighted, strict=True)]
         return losses
 
     def student_hidden(self, inputs) -> torch.Tensor:

@@ -58,9 +58,11 @@ def _merge_heads(context: torch.Tensor) -> torch.Tensor:
 
 def softmax_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax attention ``(batch, heads, queries, seq)`` in float32 of ``q: (batch, heads, queries, head_dim)``
-    over the real keys of ``k: (batch, heads, seq, head_dim)``, ``mask: (batch, seq)``."""
+    over the real keys of ``k: (batch, heads, seq, head_dim)``, ``mask: (batch, seq)``. Padded keys get the lowest
+    float rather than ``-inf``: exactly 0 beside a real key, and a sequence without one gets finite (uniform) rows,
+    which the losses weigh by 0, where ``-inf`` would give NaN and ``0 * NaN`` poison the mean."""
     logits = scale * q.float() @ k.float().transpose(-1, -2)
-    return torch.softmax(logits.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
+    return torch.softmax(logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min), dim=-1)
 
 
 def teacher_attention(
@@ -169,7 +171,8 @@ def lln_log_probs(q, k, mask, *, scale, stats, queries=None) -> torch.Tensor:
     log_q = log_q + key_max
     query_max = log_q.amax(dim=-1, keepdim=True).detach()
     weights = torch.exp(log_q - query_max) @ torch.exp(log_k - key_max).transpose(-1, -2)
-    return torch.log((weights / weights.sum(dim=-1, keepdim=True)).clamp_min(TINY))
+    # a row sum is at least 1 beside a real key, 0 in a sequence without one (rows then at TINY, not NaN)
+    return torch.log((weights / weights.sum(dim=-1, keepdim=True).clamp_min(TINY)).clamp_min(TINY))
 
 
 def attention_options(self_attention: torch.nn.Module) -> dict:

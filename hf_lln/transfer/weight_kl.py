@@ -34,7 +34,9 @@ class _FeatureKL(torch.autograd.Function):
         query_features = torch.exp(log_q - log_q.amax(dim=-1, keepdim=True))
         key_features = torch.exp(log_k - key_max)
         probs = query_features @ key_features.transpose(-1, -2)
-        row_sums = probs.sum(dim=-1, keepdim=True)
+        # at least 1 where a row has a real key (its key of largest feature in the query's largest channel gives
+        # 1); 0 only in a sequence without one, whose rows then stay 0 and weigh 0, where 0 / 0 would be NaN
+        row_sums = probs.sum(dim=-1, keepdim=True).clamp_min(TINY)
         probs /= row_sums
         mixed = probs if diag is None else (probs + diag).mul_(0.5)
         # T log(T / M): one logarithm a probability where T log T - T log M takes two, and T / M is the gradient's
