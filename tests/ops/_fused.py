@@ -29,6 +29,39 @@ needs_kernels = pytest.mark.skipif(
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
+# the scale and diagonal block size of ``fused_call``
+FUSED_SCALE = 0.3
+FUSED_BLOCK_SIZE = 16
+
+
+def fused_call(variant: str, mask, *, stats: str = "per_sequence"):
+    """``fn(q, k, v, *weights)`` running one fused variant through its autograd wrapper (imports triton): "lln",
+    "lln_diag" (mixed by ``learnable_scale`` when given the two weights, else ``average``), "lln_diag_dropout"
+    (p = 0.2; torch reseeded so that every call draws the same mask) or "cheap_linear"; scale ``FUSED_SCALE``,
+    diagonal blocks of ``FUSED_BLOCK_SIZE``, LLN statistics ``stats``."""
+    from hf_lln.ops import triton as fused
+    from hf_lln.ops.triton.cheap_linear import fused_cheap_linear
+    from hf_lln.ops.triton.functions import fused_lln
+
+    def call(q, k, v, *weights):
+        if variant == "cheap_linear":
+            return fused_cheap_linear(q, k, v, mask, scale=FUSED_SCALE)
+        if variant == "lln":
+            return fused_lln(
+                q, k, v, mask, None, None, block_size=None, scale=FUSED_SCALE, eps=1e-6, stats=stats
+            )
+        mix = "learnable_scale" if weights else "average"
+        w_lln, w_diag = fused._mix_weights(mix, *(weights or (None, None)), q.shape[1], v.shape[-1], q)
+        dropout_p = 0.2 if variant == "lln_diag_dropout" else 0.0
+        torch.manual_seed(0)
+        return fused_lln(
+            q, k, v, mask, w_lln, w_diag, block_size=FUSED_BLOCK_SIZE, scale=FUSED_SCALE, eps=1e-6,
+            stats=stats, dropout_p=dropout_p,
+        )  # fmt: skip
+
+    return call
+
+
 def poison_allocator() -> None:
     """On a GPU, fill the blocks the next allocations will reuse with NaN, so that an output element the kernels
     never write, or a buffer they add into without a zero fill, shows up as NaN (the interpreter's CPU memory

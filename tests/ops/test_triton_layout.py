@@ -9,36 +9,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from hf_lln.ops import triton as fused  # noqa: E402
-from hf_lln.ops.triton.cheap_linear import fused_cheap_linear  # noqa: E402
-from hf_lln.ops.triton.functions import fused_lln  # noqa: E402
-from tests.ops._fused import DEVICE, CopyRecorder, inputs, needs_kernels, outputs_and_grads  # noqa: E402
+from tests.ops._fused import DEVICE, CopyRecorder, fused_call, inputs, needs_kernels, outputs_and_grads  # noqa: E402
 from tests.ops._variants import relative_error  # noqa: E402
 
 VARIANTS = ("lln", "lln_diag", "lln_diag_dropout", "cheap_linear")
-
-
-def _call(variant, mask, *, weights=()):
-    """``fn(q, k, v, *weights)`` for one fused variant (LLN + Diag mixes by ``learnable_scale`` when
-    given two weights); dropout reseeds torch so that every call draws the same mask."""
-
-    def call(q, k, v, *leaves):
-        if variant == "cheap_linear":
-            return fused_cheap_linear(q, k, v, mask, scale=0.3)
-        if variant == "lln":
-            return fused_lln(
-                q, k, v, mask, None, None, block_size=None, scale=0.3, eps=1e-6, stats="per_sequence"
-            )
-        mix = "learnable_scale" if leaves else "average"
-        w_lln, w_diag = fused._mix_weights(mix, *(leaves or (None, None)), q.shape[1], v.shape[-1], q)
-        dropout_p = 0.2 if variant == "lln_diag_dropout" else 0.0
-        torch.manual_seed(0)
-        return fused_lln(
-            q, k, v, mask, w_lln, w_diag, block_size=16, scale=0.3, eps=1e-6,
-            stats="per_sequence", dropout_p=dropout_p,
-        )  # fmt: skip
-
-    return call
 
 
 def _strided(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -75,11 +49,11 @@ def test_strided_inputs_match_contiguous(variant, layout, seq):
         mask = torch.cat([torch.ones(2, 3, dtype=torch.bool, device=DEVICE), mask], dim=1)[:, 3:]
     grad_out = torch.randn(2, 2, seq, 16).to(DEVICE)
     weights = [torch.rand(2, 16).to(DEVICE) for _ in range(2)] if variant.startswith("lln_diag") else []
-    want = outputs_and_grads(_call(variant, mask, weights=weights), [q, k, v, *weights], grad_out)
+    want = outputs_and_grads(fused_call(variant, mask), [q, k, v, *weights], grad_out)
     strided = [_strided(t, layout) for t in (q, k, v)]
     leaves = [t.detach().requires_grad_() for t in strided]
     weight_leaves = [w.clone().requires_grad_() for w in weights]
-    out = _call(variant, mask, weights=weights)(*leaves, *weight_leaves)
+    out = fused_call(variant, mask)(*leaves, *weight_leaves)
     # autograd.grad hands back the Function's own gradients (.grad of a non-dense leaf would be a copy)
     grads = torch.autograd.grad(out, leaves + weight_leaves, _strided(grad_out, layout))
     for a, b in zip([out, *grads], want, strict=True):
@@ -109,7 +83,7 @@ def _copies_in_transformers_step(variant, batch, heads, seq, head_dim, dtype, ma
         weights = [torch.rand(heads, head_dim, generator=gen).to(device).requires_grad_() for _ in range(2)]
     with CopyRecorder() as recorder:
         q, k, v = (p.view(batch, seq, heads, head_dim).transpose(1, 2) for p in projections)
-        out = _call(variant, mask, weights=weights)(q, k, v, *weights)
+        out = fused_call(variant, mask)(q, k, v, *weights)
         hidden = out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
         (hidden * probe).sum().backward()
     assert all(p.grad is not None and p.grad.is_contiguous() for p in projections)
@@ -129,13 +103,13 @@ def test_no_copies_for_transformers_views(variant):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gpu_no_copies_and_strided_results(variant, dtype):
     """At a realistic size on the GPU: no copies for Transformers' views, and the same results as
-    contiguous inputs (dropout draws the same mask: ``_call`` reseeds)."""
+    contiguous inputs (dropout draws the same mask: ``fused_call`` reseeds)."""
     mask = inputs(4, 12, 512, 64, dtype, seed=1, device="cuda")[3]
     assert _copies_in_transformers_step(variant, 4, 12, 512, 64, dtype, mask, "cuda") == []
     weights = [torch.rand(12, 64, device="cuda") for _ in range(2)] if "diag" in variant else []
     q, k, v, _ = inputs(4, 12, 512, 64, dtype, seed=2, device="cuda")
     grad_out = torch.randn(4, 12, 512, 64, device="cuda")
-    call = _call(variant, mask, weights=weights)
+    call = fused_call(variant, mask)
     want = outputs_and_grads(call, [q, k, v, *weights], grad_out)
     got = outputs_and_grads(call, [_strided(t, "transformers") for t in (q, k, v)] + weights, grad_out)
     # The passes that reduce over the sequence finish with atomic adds, whose order varies from run to run: a

@@ -12,15 +12,19 @@ import torch
 pytest.importorskip("triton")
 
 from hf_lln.ops import reference  # noqa: E402
-from hf_lln.ops import triton as fused  # noqa: E402
 from hf_lln.ops.triton import functions  # noqa: E402
-from hf_lln.ops.triton.cheap_linear import fused_cheap_linear  # noqa: E402
-from hf_lln.ops.triton.functions import fused_lln  # noqa: E402
-from tests.ops._fused import DEVICE, inputs, needs_kernels, outputs_and_grads, poison_allocator  # noqa: E402
+from tests.ops._fused import (  # noqa: E402
+    DEVICE,
+    FUSED_BLOCK_SIZE,
+    FUSED_SCALE,
+    fused_call,
+    inputs,
+    needs_kernels,
+    outputs_and_grads,
+    poison_allocator,
+)
 from tests.ops._variants import relative_error  # noqa: E402
 
-SCALE = 0.3
-BLOCK_SIZE = 16
 # one program per (batch, head) whatever the GPU; or about 64 programs per SM (interpreter: 64 programs), which
 # splits the sequences of these small batches into several programs each
 SPLITS = {"one_program": {"unsplit_programs_per_sm": 0}, "shared": {"unsplit_programs_per_sm": 10**9}}
@@ -35,31 +39,23 @@ def split(request, monkeypatch):
 
 
 def _fused(variant):
-    def call(q, k, v, mask, *weights):
-        if variant == "cheap_linear":
-            return fused_cheap_linear(q, k, v, mask, scale=SCALE)
-        if variant in ("lln", "lln_global"):
-            stats = "global" if variant == "lln_global" else "per_sequence"
-            return fused_lln(q, k, v, mask, None, None, block_size=None, scale=SCALE, eps=1e-6, stats=stats)
-        w_lln, w_diag = fused._mix_weights("learnable_scale", *weights, q.shape[1], v.shape[-1], q)
-        return fused_lln(
-            q, k, v, mask, w_lln, w_diag, block_size=BLOCK_SIZE, scale=SCALE, eps=1e-6, stats="per_sequence"
-        )
-
-    return call
+    """``fused_call`` of ``variant``, "lln_global" being LLN with global statistics."""
+    if variant == "lln_global":
+        return lambda mask: fused_call("lln", mask, stats="global")
+    return lambda mask: fused_call(variant, mask)
 
 
 def _dense(variant):
     def call(q, k, v, mask, *weights):
         if variant == "cheap_linear":
-            return reference.dense_cheap_linear(q, k, v, mask, scale=SCALE)
+            return reference.dense_cheap_linear(q, k, v, mask, scale=FUSED_SCALE)
         if variant in ("lln", "lln_global"):
             stats = "global" if variant == "lln_global" else "per_sequence"
-            return reference.dense_lln(q, k, v, mask, scale=SCALE, stats=stats)
+            return reference.dense_lln(q, k, v, mask, scale=FUSED_SCALE, stats=stats)
         lln_weight, diag_weight = weights
         return reference.dense_lln_diag(
             q, k, v, mask, mix="learnable_scale", lln_weight=lln_weight, diag_weight=diag_weight,
-            block_size=BLOCK_SIZE, scale=SCALE,
+            block_size=FUSED_BLOCK_SIZE, scale=FUSED_SCALE,
         )  # fmt: skip
 
     return call
@@ -82,7 +78,7 @@ def test_one_program_or_shared_sequences_match_the_dense_reference(variant, seq,
         split == "one_program" or seq == 1
     )
     poison_allocator()
-    got = outputs_and_grads(lambda *t: _fused(variant)(*t[:3], mask, *t[3:]), [q, k, v, *weights], grad_out)
+    got = outputs_and_grads(_fused(variant)(mask), [q, k, v, *weights], grad_out)
     want = outputs_and_grads(
         lambda *t: _dense(variant)(*t[:3], mask, *t[3:]),
         [t.double() for t in (q, k, v, *weights)],
@@ -101,7 +97,7 @@ def test_the_backward_rebuilds_the_state_where_one_program_covers_each_head(vari
     q, k, v, mask = inputs(3, 2, 45, 16, torch.float32, seed=2)
     weights = [torch.ones(2, 16, device=DEVICE)] * 2 if variant == "lln_diag" else []
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    out = _fused(variant)(*leaves, mask, *weights)
+    out = _fused(variant)(mask)(*leaves, *weights)
     state_size = 6 * 16 * 17 if variant != "cheap_linear" else 6 * (16 * 16 + 1)
     saved = [t.numel() for t in out.grad_fn.saved_tensors if t is not None]
     assert (state_size in saved) == (split == "shared")

@@ -181,13 +181,7 @@ def feature_scales(
     )  # fmt: skip
     if stats == "per_sequence":
         a, b = moment_constants(head_dim)
-        bh = batch * heads
-        scale_terms = torch.empty(bh * (2 + head_dim), dtype=torch.float32, device=q.device)
-        alpha, beta, shift = (
-            scale_terms[:bh],
-            scale_terms[bh : 2 * bh],
-            scale_terms[2 * bh :].view(bh, head_dim),
-        )
+        scale_terms, alpha, beta, shift = _scale_terms_buffer(batch * heads, head_dim, q.device)
         kernels.lln_scales_kernel[(batch * heads,)](
             moments, k_max, k_min, alpha, beta, shift,
             chunks, head_dim * scale**2, a, b, MIN_STD,
@@ -220,14 +214,25 @@ def split_state(buffer: torch.Tensor, bh: int, head_dim: int, v_dim: int):
     )
 
 
+def _scale_terms_buffer(bh: int, head_dim: int, device: torch.device):
+    """A new ``feature_scales`` buffer and its ``split_scale_terms`` views: ``(buffer, alpha, beta, shift)``."""
+    buffer = torch.empty(bh * (2 + head_dim), dtype=torch.float32, device=device)
+    return buffer, *split_scale_terms(buffer, bh, head_dim)
+
+
+def _state_buffer(bh: int, head_dim: int, v_dim: int, device: torch.device, *, atomic: bool):
+    """A new ``_state`` buffer and its ``split_state`` views: ``(buffer, state, norm)``, zero-filled where several
+    programs add into it (``atomic``)."""
+    allocate = torch.zeros if atomic else torch.empty
+    buffer = allocate(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=device)
+    return buffer, *split_state(buffer, bh, head_dim, v_dim)
+
+
 def _state(k, v, mask, beta, shift, plan):
     batch, heads, seq, head_dim = k.shape
     v_dim = v.shape[-1]
     per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), k.device)
-    bh = batch * heads
-    allocate = torch.zeros if chunks > 1 else torch.empty
-    buffer = allocate(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=k.device)
-    state, norm = split_state(buffer, bh, head_dim, v_dim)
+    buffer, state, norm = _state_buffer(batch * heads, head_dim, v_dim, k.device, atomic=chunks > 1)
     mask_arg, stride_mb = _mask_args(mask, k)
     kernels.lln_state_kernel[(chunks, batch * heads)](
         k, v, mask_arg, beta, shift, state, norm,
@@ -245,11 +250,8 @@ def _prologue(q, k, v, mask, scale, plan):
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
     bh = batch * heads
-    floats = {"dtype": torch.float32, "device": q.device}
-    scale_terms = torch.empty(bh * (2 + head_dim), **floats)
-    alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
-    buffer = torch.empty(bh * head_dim * (v_dim + 1), **floats)
-    state, norm = split_state(buffer, bh, head_dim, v_dim)
+    scale_terms, alpha, beta, shift = _scale_terms_buffer(bh, head_dim, q.device)
+    buffer, state, norm = _state_buffer(bh, head_dim, v_dim, q.device, atomic=False)
     a, b = moment_constants(head_dim)
     mask_arg, stride_mb = _mask_args(mask, q)
     kernels.lln_prologue_kernel[(bh,)](
