@@ -41,14 +41,20 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SETTINGS = {
     "default": {},
     "programs_per_sm=4": {"programs_per_sm": 4},
-    # sequences always shared out to several programs (atomic sums, zero fills, no prologue kernel)
-    "always_split": {"unsplit_programs_per_sm": 2**31},
+    # sequences always shared out, one program per row tile (atomic sums, zero fills, no prologue or unsplit
+    # backward kernel): without the programs_per_sm part, large batches still got one program per (batch, head)
+    "always_split": {"unsplit_programs_per_sm": 2**31, "programs_per_sm": 2**20},
     "warps=8": {"num_warps": 8},
     "stats_warps=4": {"num_warps_stats": 4},
+    "prologue_warps=8": {"num_warps_prologue": 8},
+    "unsplit_backward_warps=8": {"num_warps_backward_unsplit": 8},
     "backward_warps=8": {"num_warps_backward": 8},
     "backward_stages=3": {"num_stages_backward": 3},  # the query pass as before Triton 3.8 made it spill
     "diag_warps=8": {"num_warps_diag": 8},
     "diag_backward_warps=8": {"num_warps_diag_backward": 8},
+    # output-pass programs that cover several row tiles each load the (head_dim, v_dim) state once for all of them
+    "output_tiles=2": {"output_tiles_per_program": 2},
+    "output_tiles=8": {"output_tiles_per_program": 8},
 }
 
 
@@ -174,9 +180,9 @@ def profile_kernels(fn, shape, dtype, device) -> list[str]:
         for _ in range(5):
             fn(q, k, v).backward(grad)
         torch.cuda.synchronize()
-    events = [
-        e for e in prof.key_averages() if e.device_time_total > 0 and not e.key.startswith(("aten", "cuda"))
-    ]
+    # host spans that enclose the kernels
+    wrappers = ("aten", "cuda", "autograd", "torch::autograd", "_Fused")
+    events = [e for e in prof.key_averages() if e.device_time_total > 0 and not e.key.startswith(wrappers)]
     events.sort(key=lambda e: -e.device_time_total)
     return [f"  {e.key[:60]:60s} {e.device_time_total / 5e3:8.3f} ms/call" for e in events[:10]]
 
@@ -237,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and any(name.startswith("fused") for name in impls):
         for seq in (seq_lens[0], seq_lens[-1]):
             for name in [name for name in impls if name.startswith("fused")]:
-                print(f"profile {name} seq {seq} (forward+backward):")
                 shape = (max(1, args.tokens_per_batch // seq), HEADS, seq, args.head_dim)
-                print("\n".join(profile_kernels(impls[name], shape, dtype, device)))
+                for setting in settings:
+                    print(f"profile {name} seq {seq} {setting} (forward+backward):")
+                    with fused_launch_config(setting):
+                        print("\n".join(profile_kernels(impls[name], shape, dtype, device)))
     print(f"\ndevice {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {args.dtype}, "
           f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, tokens/call {args.tokens_per_batch}, heads {HEADS}, head_dim {args.head_dim}")  # fmt: skip
     print(HEADER)

@@ -42,20 +42,22 @@ FLOAT_SCALARS = {
 def kernel_specs(
     dtype: str, head_dim: int, block: int, dropout: bool = True
 ) -> list[tuple[str, dict, int, int]]:
-    """(kernel, constexprs, warps, stages) as the launchers run them for a masked LLN+Diag call (its
-    block passes with attention ``dropout``, as in training) and a masked cheap linear attention call; passes
+    """(kernel, constexprs, warps, stages) as the launchers run them for a masked LLN+Diag call with learnable mix
+    weights (``WEIGHTED``; the average mix's passes are the same without the weights) and its block passes with
+    attention ``dropout``, as in training, and for a masked cheap linear attention call; passes
     that reduce over the sequence in both forms (``ATOMIC``: several programs per (batch, head), or one)."""
     plan, half, stages = functions.launch_plan(head_dim, head_dim), dtype != "fp32", functions.PIPELINE_STAGES
     dims, row = {"D": head_dim, "DV": head_dim}, plan.rows
     return [
         ("lln_stats_kernel", {"D": head_dim, "BLOCK": row, "HAS_MASK": True, "MASKED_MOMENTS": True}, plan.warps_stats, stages),
-        ("lln_prologue_kernel", {**dims, "BLOCK": functions.PROLOGUE_ROW_BLOCK, "HAS_MASK": True, "HALF": half}, plan.warps_stats, stages),
+        ("lln_prologue_kernel", {**dims, "BLOCK": functions.PROLOGUE_ROW_BLOCK, "HAS_MASK": True, "HALF": half}, plan.warps_prologue, stages),
         ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half, "ATOMIC": True}, plan.warps, stages),
-        ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "HALF": half, "DROPOUT": False}, plan.warps, stages),
-        ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag, plan.stages_diag),
-        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half, "ATOMIC": True}, plan.warps_query, plan.stages_query),
-        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "HALF": half, "ATOMIC": False}, plan.warps_query, plan.stages_query),
-        ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag_backward, plan.stages_diag),
+        ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "WEIGHTED": False, "HALF": half, "DROPOUT": False}, plan.warps, stages),
+        ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag, plan.stages_diag),
+        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "ATOMIC": True}, plan.warps_query, plan.stages_query),
+        ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "ATOMIC": False}, plan.warps_query, plan.stages_query),
+        ("lln_backward_unsplit_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half}, plan.warps_backward_unsplit, plan.stages_query),
+        ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "WEIGHTED": True, "HALF": half, "DROPOUT": dropout, "ADD_KEYS": True}, plan.warps_diag_backward, functions.block_backward_stages(plan, block)),
         ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, plan.warps, stages),
         ("cheap_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half, "ATOMIC": True}, plan.warps, stages),
         ("cheap_output_kernel", {**dims, "BLOCK": row, "HALF": half}, plan.warps, stages),

@@ -20,19 +20,22 @@ def script():
 @pytest.mark.slow
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_row_tile_passes_fit_the_register_file_without_spilling(script, head_dim):
-    """The passes over row tiles never spill, and at head size 64 leave room for two programs per SM
-    (64K registers): the design of docs/kernels.md rests on it. (At 128 the four-times larger state
-    takes 8 warps, one program per SM.)"""
+    """The passes over row tiles never spill, and at head size 64 leave room for two 4-warp programs per SM (64K
+    registers): the design of docs/kernels.md rests on it. (At 128 the four-times larger state takes 8 warps, one
+    program per SM.) One measured exception: the whole backward of a (batch, head) in one program spills 104 bytes
+    at head size 64 and 4 warps, and ran faster that way on an H200 than without spills at 8 warps (0.84 against
+    1.30 ms a call), so it may spill that much and no more."""
+    spill_allowed = {"lln_backward_unsplit_kernel": 104 if head_dim == 64 else 0}
     rows = script.functions.launch_plan(head_dim, head_dim).rows
     row_kernels = [
         spec
         for spec in script.kernel_specs("bf16", head_dim, 64)
         if spec[1]["BLOCK"] in (rows, script.functions.PROLOGUE_ROW_BLOCK)
     ]
-    assert len(row_kernels) == 11
+    assert len(row_kernels) == 12
     for name, constexprs, warps, stages in row_kernels:
         found = script.resources(name, "bf16", constexprs, warps, stages)
-        assert found["spill_bytes"] == 0, (name, found)
+        assert found["spill_bytes"] <= spill_allowed.get(name, 0), (name, found)
         if head_dim == 64:
             assert found["registers"] * warps * 32 * 2 <= 65536, (name, found)
 

@@ -51,7 +51,7 @@ def fused_call(variant: str, mask, *, stats: str = "per_sequence"):
                 q, k, v, mask, None, None, block_size=None, scale=FUSED_SCALE, eps=1e-6, stats=stats
             )
         mix = "learnable_scale" if weights else "average"
-        w_lln, w_diag = fused._mix_weights(mix, *(weights or (None, None)), q.shape[1], v.shape[-1], q)
+        w_lln, w_diag = fused._mix_weights(mix, *(weights or (None, None)))
         dropout_p = 0.2 if variant == "lln_diag_dropout" else 0.0
         torch.manual_seed(0)
         return fused_lln(

@@ -42,9 +42,7 @@ def _fused_call(mask, *, mix, weights, block_size, scale, dropout_p):
 
     def call(q, k, v, *leaves):
         named = {name: w.float() for name, w in zip(weights, leaves, strict=True)}
-        w_lln, w_diag = fused._mix_weights(
-            mix, named.get("lln_weight"), named.get("diag_weight"), q.shape[1], v.shape[-1], q
-        )
+        w_lln, w_diag = fused._mix_weights(mix, named.get("lln_weight"), named.get("diag_weight"))
         return fused_lln(
             q, k, v, mask, w_lln, w_diag, block_size=block_size, scale=scale, eps=1e-6,
             stats="per_sequence", dropout_p=dropout_p,
@@ -98,6 +96,32 @@ def test_keep_rate_within_binomial_bounds(dropout_p):
 
 
 @needs_kernels
+@pytest.mark.parametrize("block", [16, 45, 64])
+def test_neighbouring_keys_are_dropped_independently(block):
+    """Each Philox call gives four numbers, which land in four neighbouring key columns of a row: every column
+    keeps at the same rate, and each column's decisions are uncorrelated with those of the next three columns and
+    of the same column in the next row (a mix-up of the four numbers or of the counters would correlate them)."""
+    batch, heads, seq, dropout_p = 4, 4, 256, 0.3
+    torch.manual_seed(1)
+    keep = keep_mask(draw_seed(torch.device(DEVICE)), batch, heads, seq, block, dropout_p).cpu()
+    index = torch.arange(seq)
+    keys = (index // block * block)[:, None] + torch.arange(block)  # query i's key columns in its block
+    inside = keys < seq
+    tiles = keep.gather(3, keys.clamp(max=seq - 1).expand(batch, heads, -1, -1)).double()  # (b, h, seq, block)
+    full_rows = inside.all(1)
+    rows = tiles[:, :, full_rows].reshape(-1, block)
+    n = rows.shape[0]
+    sigma = (dropout_p * (1 - dropout_p) / n) ** 0.5
+    assert ((rows.mean(0) - (1 - dropout_p)).abs() < 5 * sigma).all(), "every key column keeps at 1 - p"
+    centred = rows - rows.mean(0)
+    bound = 5 / (rows.numel() ** 0.5)
+    lags = [(centred[:, :-lag] * centred[:, lag:]).mean() / centred.var() for lag in (1, 2, 3)]
+    down = (centred[:-1] * centred[1:]).mean() / centred.var()
+    for correlation in [*lags, down]:
+        assert abs(correlation.item()) < bound, ([lag.item() for lag in lags], down.item())
+
+
+@needs_kernels
 def test_seed_comes_from_torch_generator():
     device = torch.device(DEVICE)
     torch.manual_seed(3)
@@ -130,7 +154,7 @@ def test_zero_dropout_is_the_no_dropout_path_and_draws_no_seed():
     state = torch.get_rng_state()
 
     def without_argument(q, k, v):
-        w_lln, w_diag = fused._mix_weights("average", None, None, 2, 16, q)
+        w_lln, w_diag = fused._mix_weights("average", None, None)
         return fused_lln(
             q, k, v, mask, w_lln, w_diag, block_size=16, scale=0.25, eps=1e-6, stats="per_sequence"
         )

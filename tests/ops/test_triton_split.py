@@ -39,9 +39,12 @@ def split(request, monkeypatch):
 
 
 def _fused(variant):
-    """``fused_call`` of ``variant``, "lln_global" being LLN with global statistics."""
+    """``fused_call`` of ``variant``, "lln_global" being LLN with global statistics, "lln_diag" LLN + Diag with
+    learnable weights and "lln_diag_average" with the average mix (the kernels' constant halves)."""
     if variant == "lln_global":
         return lambda mask: fused_call("lln", mask, stats="global")
+    if variant == "lln_diag_average":
+        return lambda mask: fused_call("lln_diag", mask)
     return lambda mask: fused_call(variant, mask)
 
 
@@ -52,9 +55,10 @@ def _dense(variant):
         if variant in ("lln", "lln_global"):
             stats = "global" if variant == "lln_global" else "per_sequence"
             return reference.dense_lln(q, k, v, mask, scale=FUSED_SCALE, stats=stats)
-        lln_weight, diag_weight = weights
+        mix = "learnable_scale" if weights else "average"
+        lln_weight, diag_weight = weights or (None, None)
         return reference.dense_lln_diag(
-            q, k, v, mask, mix="learnable_scale", lln_weight=lln_weight, diag_weight=diag_weight,
+            q, k, v, mask, mix=mix, lln_weight=lln_weight, diag_weight=diag_weight,
             block_size=FUSED_BLOCK_SIZE, scale=FUSED_SCALE,
         )  # fmt: skip
 
@@ -62,7 +66,7 @@ def _dense(variant):
 
 
 @needs_kernels
-@pytest.mark.parametrize("variant", ["lln", "lln_global", "lln_diag", "cheap_linear"])
+@pytest.mark.parametrize("variant", ["lln", "lln_global", "lln_diag", "lln_diag_average", "cheap_linear"])
 @pytest.mark.parametrize("seq", [1, 45, 100])
 def test_one_program_or_shared_sequences_match_the_dense_reference(variant, seq, split):
     """Three right-padded sequences, the last with no real token, in float32 against float64."""
@@ -90,14 +94,13 @@ def test_one_program_or_shared_sequences_match_the_dense_reference(variant, seq,
 
 @needs_kernels
 @pytest.mark.parametrize("variant", ["lln", "lln_diag", "cheap_linear"])
-def test_the_backward_rebuilds_the_state_where_one_program_covers_each_head(variant, split):
-    """The forward keeps its (batch * heads, head_dim, v_dim + 1) state for the backward only where sequences are
-    shared out; with one program per (batch, head) the backward rebuilds it (tested above) and nothing of that
-    size stays saved."""
+def test_the_backward_rebuilds_the_state_instead_of_keeping_it(variant, split):
+    """Nothing of the (batch * heads, head_dim, v_dim + 1) state stays saved for the backward, whether sequences
+    are shared out or not: the backward rebuilds it (its gradients are tested above)."""
     q, k, v, mask = inputs(3, 2, 45, 16, torch.float32, seed=2)
     weights = [torch.ones(2, 16, device=DEVICE)] * 2 if variant == "lln_diag" else []
     leaves = [t.requires_grad_() for t in (q, k, v)]
     out = _fused(variant)(mask)(*leaves, *weights)
     state_size = 6 * 16 * 17 if variant != "cheap_linear" else 6 * (16 * 16 + 1)
     saved = [t.numel() for t in out.grad_fn.saved_tensors if t is not None]
-    assert (state_size in saved) == (split == "shared")
+    assert state_size not in saved

@@ -119,8 +119,14 @@ def _unsupported_block(dtype, block_size) -> str | None:
 def _unsupported_dropout(dropout_p, seq, block_size) -> str | None:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         return f"dropout_p must be a number in [0, 1), got {dropout_p!r}"
-    if dropout_p > 0.0 and seq * block_size >= MAX_DROPOUT_COUNTER:
-        return f"dropout needs seq * block_size < 2**31, got {seq} * {block_size}"
+    # the keep mask's Philox counters per row: a quarter of the block's power-of-two register width
+    # (``kernels._dropout_keep``)
+    counters = max(16, 1 << (block_size - 1).bit_length()) // 4
+    if dropout_p > 0.0 and seq * counters >= MAX_DROPOUT_COUNTER:
+        return (
+            f"dropout needs seq * {counters} < 2**31 ({counters} Philox counters per row for block_size "
+            f"{block_size}), got seq {seq}"
+        )
     return None
 
 
@@ -159,11 +165,11 @@ def run_lln(q, k, v, mask=None, *, scale=None, eps=1e-6, stats="per_sequence") -
     return fused_lln(q, k, v, mask, None, None, block_size=None, scale=scale, eps=eps, stats=stats)
 
 
-def _mix_weights(mix, lln_weight, diag_weight, heads, v_dim, like):
-    """(w_lln, w_diag): (heads, v_dim) float32, differentiable w.r.t. the learnable weights."""
+def _mix_weights(mix, lln_weight, diag_weight):
+    """(w_lln, w_diag): (heads, v_dim) float32, differentiable w.r.t. the learnable weights; (None, None) for the
+    average mix, whose halves are constants of the kernels."""
     if mix == "average":
-        half = torch.full((heads, v_dim), 0.5, dtype=torch.float32, device=like.device)
-        return half, half
+        return None, None
     if mix == "learnable_scale":
         return lln_weight.float().contiguous(), diag_weight.float().contiguous()
     ratio = lln_weight.float()
@@ -248,7 +254,7 @@ def run_lln_diag(
     from hf_lln.ops.triton.functions import fused_lln
 
     block_size = q.shape[-1] if block_size is None else block_size
-    w_lln, w_diag = _mix_weights(mix, lln_weight, diag_weight, q.shape[1], v.shape[-1], q)
+    w_lln, w_diag = _mix_weights(mix, lln_weight, diag_weight)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return fused_lln(
         q,

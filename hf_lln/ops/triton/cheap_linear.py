@@ -8,7 +8,7 @@ Forward: a state pass over k, v (``C`` and ``n``, float32) and a query pass over
 ``c = scale / n`` and ``g = dout``: a query pass (``dq = c g C^T`` and ``dC = c sum_i q_i^T g_i``) and a
 key pass (``dk = v dC^T``, ``dv = k dC``, zero on padded keys). LLN's passes minus its statistics, feature
 maps and normaliser, with LLN's rules for sums over the sequence (stored or added atomically,
-``functions._split``) and for rebuilding the state in the backward (``functions._kept_state``), and its
+``functions._split``) and for rebuilding the state in the backward rather than keeping it, and its
 layout conventions (``kernels.py``): strided ``(batch, heads, seq, dim)`` tensors, grid axis 1 =
 ``batch * heads``.
 Products: operands in the input dtype where both are inputs (exact products, float32 sums), tf32 for
@@ -25,7 +25,6 @@ from hf_lln.ops.triton import functions
 from hf_lln.ops.triton.functions import (
     _bhs_strides,
     _empty_like_layout,
-    _kept_state,
     _mask_args,
     _split,
     _unit_last_stride,
@@ -197,7 +196,7 @@ def _state(k, v, mask, plan):
 
 
 # An autograd Function in eager mode, custom operators joined by register_autograd under torch.compile (see
-# functions.py); the state travels as its flat buffer.
+# functions.py); the backward rebuilds the state, as LLN's does.
 
 
 def _cheap_forward(q, k, v, mask, scale):
@@ -216,18 +215,15 @@ def _cheap_forward(q, k, v, mask, scale):
         D=head_dim, DV=v_dim, BLOCK=plan.rows, HALF=q.dtype != torch.float32,
         num_warps=plan.warps,
     )  # fmt: skip
-    return out, buffer
+    return out
 
 
-def _cheap_backward(grad, q, k, v, mask, buffer, scale):
-    """Gradients from the forward's state ``buffer``, or the state rebuilt from k, v where the forward did not
-    keep it (``functions._kept_state``)."""
+def _cheap_backward(grad, q, k, v, mask, scale):
+    """Gradients, with the state rebuilt from k, v (``functions._lln_backward`` says why)."""
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
     plan = launch_plan(head_dim, v_dim)
-    if buffer is None:
-        buffer = _state(k, v, mask, plan)
-    state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
+    state, count = _split_state(_state(k, v, mask, plan), batch * heads, head_dim, v_dim)
     half = q.dtype != torch.float32
     grad = _unit_last_stride(grad)
     dq, dk, dv = (
@@ -259,29 +255,24 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("hf_lln::fused_cheap_linear_forward", mutates_args=())
-def _cheap_forward_op(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
-) -> tuple[Tensor, Tensor]:
+def _cheap_forward_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     return _cheap_forward(q, k, v, mask, scale)
 
 
 @_cheap_forward_op.register_fake
 def _(q, k, v, mask, scale):
-    bh, head_dim, v_dim = q.shape[0] * q.shape[1], q.shape[-1], v.shape[-1]
-    return _empty_like_layout(q, v_dim), torch.empty(
-        bh * (head_dim * v_dim + 1), dtype=torch.float32, device=q.device
-    )
+    return _empty_like_layout(q, v.shape[-1])
 
 
 @torch.library.custom_op("hf_lln::fused_cheap_linear_backward", mutates_args=())
 def _cheap_backward_op(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, buffer: Tensor | None, scale: float
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _cheap_backward(grad, q, k, v, mask, buffer, scale)
+    return _cheap_backward(grad, q, k, v, mask, scale)
 
 
 @_cheap_backward_op.register_fake
-def _(grad, q, k, v, mask, buffer, scale):
+def _(grad, q, k, v, mask, scale):
     return (
         _empty_like_layout(q, q.shape[-1]),
         _empty_like_layout(k, k.shape[-1]),
@@ -291,13 +282,13 @@ def _(grad, q, k, v, mask, buffer, scale):
 
 def _cheap_setup_context(ctx, inputs, output):
     q, k, v, mask, scale = inputs
-    ctx.save_for_backward(q, k, v, mask, _kept_state(output[1], q, v))
+    ctx.save_for_backward(q, k, v, mask)
     ctx.scale = scale
 
 
-def _cheap_grads(ctx, grad, _buffer_grad):
-    q, k, v, mask, buffer = ctx.saved_tensors
-    dq, dk, dv = torch.ops.hf_lln.fused_cheap_linear_backward(grad, q, k, v, mask, buffer, ctx.scale)
+def _cheap_grads(ctx, grad):
+    q, k, v, mask = ctx.saved_tensors
+    dq, dk, dv = torch.ops.hf_lln.fused_cheap_linear_backward(grad, q, k, v, mask, ctx.scale)
     return dq, dk, dv, None, None
 
 
@@ -309,15 +300,14 @@ class _FusedCheapLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):
-        out, buffer = _cheap_forward(q, k, v, mask, scale)
-        ctx.save_for_backward(q, k, v, mask, _kept_state(buffer, q, v))
+        ctx.save_for_backward(q, k, v, mask)
         ctx.scale = scale
-        return out
+        return _cheap_forward(q, k, v, mask, scale)
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, mask, buffer = ctx.saved_tensors
-        return *_cheap_backward(grad, q, k, v, mask, buffer, ctx.scale), None, None
+        q, k, v, mask = ctx.saved_tensors
+        return *_cheap_backward(grad, q, k, v, mask, ctx.scale), None, None
 
 
 def fused_cheap_linear(q, k, v, mask, *, scale):
@@ -325,5 +315,5 @@ def fused_cheap_linear(q, k, v, mask, *, scale):
     (``hf_lln.ops.triton.fused_cheap_linear_attention``)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     if torch.compiler.is_compiling():
-        return torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))[0]
+        return torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))
     return _FusedCheapLinear.apply(q, k, v, mask, float(scale))

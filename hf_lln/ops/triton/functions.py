@@ -3,15 +3,16 @@
 Forward: a statistics pass over q, k (moments and per-channel extremes of k), alpha, beta and the
 shift ``M_c`` from them (one small launch per (batch, head), or host ops for global statistics), a
 state pass over k, v (``S, z``), and an output pass over q (plus k, v of each diagonal block).
-Backward: an LLN query pass (``dq``, ``dS, dz``, ``d w_lln``), for LLN + Diag a block pass (the block
-softmax's ``dq, dk, dv`` and ``d w_diag``), and a key pass (the LLN part of ``dk, dv``).
+Backward: the state pass again (the state is rebuilt, not kept), an LLN query pass (``dq``, ``dS, dz``,
+``d w_lln``), for LLN + Diag a block pass (the block softmax's ``dq, dk, dv`` and ``d w_diag``), and a key
+pass (the LLN part of ``dk, dv``). LLN + Diag's average mix is a constant of the kernels (``WEIGHTED``
+off): no weight tensors, no weight gradients, no zero fill for them.
 
 Passes that reduce over the sequence (``_split``): where the batch is small, each (batch, head) shares its
 tiles out to several programs, which finish with one atomic add into a zero-filled buffer, so long sequences
 still fill the GPU. Where one program per (batch, head) fills it (large batches of short sequences, where the
 host's time per call decides the step), each program covers its whole sequence and stores its sums: no zero
-fills, the statistics, scales and state passes run as one ``lln_prologue_kernel``, and the backward rebuilds
-the state instead of keeping it (``_kept_state``). Fewer launches per call: on an H200 the host's time for an
+fills, and the statistics, scales and state passes run as one ``lln_prologue_kernel``. Fewer launches per call: on an H200 the host's time for an
 LLN forward at 512 tokens went from 0.35 to 0.18 ms (docs/benchmark.md).
 
 Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
@@ -57,10 +58,15 @@ class LaunchConfig:
     output_tiles_per_program: int = 1
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
     num_warps_stats: int = 8  # the statistics pass (seven per-slot accumulators)
+    num_warps_prologue: int = 4  # statistics, scales and state in one pass (16-row tiles)
     num_warps_backward: int = 4  # the LLN query pass of the backward
     # Two, not three, loads in flight in the LLN query pass: with three, Triton 3.8 spills 224 bytes at head
     # size 64 (255 registers); with two it uses 252 and spills none, still two 4-warp programs per SM.
     num_stages_backward: int = 2
+    # The whole LLN backward of one (batch, head) (``lln_backward_unsplit_kernel``) holds the state and its gradient
+    # at once: at 4 warps it spills 104 bytes (head size 64), at 8 it spills none, yet on an H200 it took 0.84 ms a
+    # call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
+    num_warps_backward_unsplit: int = 4
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
     num_warps_wide: int = 8  # every pass when head_dim or v_dim is 128
@@ -76,7 +82,9 @@ class LaunchPlan:
     rows: int
     warps: int  # the state, LLN output and key passes
     warps_stats: int
+    warps_prologue: int
     warps_query: int  # the LLN query pass of the backward
+    warps_backward_unsplit: int  # the whole LLN backward in one program per (batch, head)
     warps_diag: int  # the forward output pass with the block softmax
     warps_diag_backward: int
     stages_diag: int  # loads in flight in the two diagonal-block passes
@@ -89,12 +97,14 @@ def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
     if max(head_dim, v_dim) > 64:
         wide = c.num_warps_wide
         # one stage: multi-buffered 128x128 tiles of the block passes need up to 416 KiB of shared memory
-        return LaunchPlan(WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, stages_diag=1)
+        return LaunchPlan(WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, wide, wide, stages_diag=1)
     return LaunchPlan(
         ROW_BLOCK,
         c.num_warps,
         c.num_warps_stats,
+        c.num_warps_prologue,
         c.num_warps_backward,
+        c.num_warps_backward_unsplit,
         c.num_warps_diag,
         c.num_warps_diag_backward,
         stages_diag=PIPELINE_STAGES,
@@ -259,9 +269,16 @@ def _prologue(q, k, v, mask, scale, plan):
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, triton.cdiv(seq, PROLOGUE_ROW_BLOCK), head_dim * scale**2, a, b, MIN_STD,
         D=head_dim, DV=v_dim, BLOCK=PROLOGUE_ROW_BLOCK, HAS_MASK=mask is not None, HALF=q.dtype != torch.float32,
-        num_warps=plan.warps_stats,
+        num_warps=plan.warps_prologue,
     )  # fmt: skip
     return scale_terms, buffer
+
+
+def block_backward_stages(plan: LaunchPlan, block: int) -> int:
+    """Loads in flight in the block softmax's backward pass over diagonal blocks of ``block`` (power-of-two) rows:
+    at most two past 64, where three stages take 224-232 KiB of shared memory (bf16, head size 64; the H100 has
+    227) and spill all the same."""
+    return plan.stages_diag if block <= 64 else min(plan.stages_diag, 2)
 
 
 def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
@@ -273,8 +290,8 @@ def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
 # The passes run behind two entry points that share ``_lln_forward`` / ``_lln_backward``: in eager mode an
 # autograd Function (the least host time per call, which matters at these kernel sizes), under torch.compile
 # two custom operators joined by ``register_autograd``, opaque to the compiler, so a model's graph stays whole.
-# Operators may not return views of one another, so the small per-head results travel as the two flat buffers
-# they are written into (``split_scale_terms``, ``split_state``).
+# Operators may not return views of one another, so the per-head scales travel as the flat buffer they are written
+# into (``split_scale_terms``); the backward rebuilds the state rather than keep it (``_lln_backward``).
 
 
 def _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
@@ -299,86 +316,91 @@ def _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, sta
     has_diag = block_size is not None
     kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
         q, k, v, mask_arg, out, alpha, shift, state, norm,
-        w_lln if has_diag else alpha, w_diag if has_diag else alpha, alpha if seed is None else seed,
+        alpha if w_lln is None else w_lln, alpha if w_diag is None else w_diag, alpha if seed is None else seed,
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
         heads, seq, tile, per_program, scale * 1.4426950408889634, eps, dropout_p,
         D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
-        HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
+        WEIGHTED=w_lln is not None, HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
         num_warps=plan.warps_diag if has_diag else plan.warps,
         num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
     )  # fmt: skip
-    return out, scale_terms, buffer
+    return out, scale_terms
 
 
-def _kept_state(buffer: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
-    """The forward's state buffer (LLN's or cheap linear attention's) if the backward is to read it, None if it is
-    to rebuild it: where one program covers each (batch, head) (``_split``), batches are large and the state's
-    ``bh * head_dim * (v_dim + 1)`` floats weigh (a twelfth of q, k, v at 512 tokens: 0.14 GiB of a base model's
-    step, more than softmax keeps), while rebuilding it is one stored pass over k, v."""
-    batch, heads, seq, head_dim = q.shape
-    plan = launch_plan(head_dim, v.shape[-1])
-    return buffer if _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)[1] > 1 else None
-
-
-def _lln_backward(
-    grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p
-):
-    """Gradients from the forward's ``scale_terms`` and its state ``buffer``, or, where the forward did not keep
-    it (``_kept_state``), the state rebuilt from k, v."""
+def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_size, scale, eps, dropout_p):
+    """Gradients from the forward's ``scale_terms``, with the state rebuilt from k, v: keeping the forward's
+    ``bh * head_dim * (v_dim + 1)`` floats would weigh more than softmax keeps (a twelfth of q, k, v at 512 tokens,
+    0.14 GiB of a base model's step), while rebuilding it is one pass over k, v. Where ``_split`` gives one
+    program per (batch, head), the LLN part is one ``lln_backward_unsplit_kernel`` launch (state, query side and
+    key side); else a state, a query and a key pass, whose programs add their sums atomically."""
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
     bh = batch * heads
     alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
     plan = launch_plan(head_dim, v_dim)
-    if buffer is None:
-        buffer = _state(k, v, mask, beta, shift, plan)
-    state, norm = split_state(buffer, bh, head_dim, v_dim)
-    has_diag = block_size is not None
+    has_diag, weighted = block_size is not None, w_lln is not None
     grad = _unit_last_stride(grad)
     dq, dk, dv = (
         _empty_like_layout(q, head_dim),
         _empty_like_layout(k, head_dim),
         _empty_like_layout(v, v_dim),
     )
-    per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
-    # One float32 buffer for dS, dz and, for LLN + Diag, d w_lln and d w_diag (summed over the batch, so always
-    # atomically): a single zero fill, none at all where the query pass stores dS, dz and there is no mix weight.
-    state_size = bh * head_dim * (v_dim + 1)
-    weight_size = heads * v_dim if has_diag else 0
-    allocate = torch.zeros if chunks > 1 or has_diag else torch.empty
-    scratch = allocate(state_size + 2 * weight_size, dtype=torch.float32, device=q.device)
-    d_state, d_norm = split_state(scratch[:state_size], bh, head_dim, v_dim)
-    d_weights = scratch[state_size:].view(2, heads, v_dim if has_diag else 0)
+    num_tiles = triton.cdiv(seq, plan.rows)
+    per_program, chunks = _split(bh, num_tiles, q.device)
+    unsplit = chunks == 1
+    # One zero-filled float32 buffer for dS, dz where several programs add into them (one program keeps them in
+    # registers) and, for LLN + Diag's learnable mixes, d w_lln and d w_diag (summed over the batch, so always
+    # atomically): empty, and no fill, for one program per (batch, head) without mix weights.
+    state_size = 0 if unsplit else bh * head_dim * (v_dim + 1)
+    weight_size = heads * v_dim if weighted else 0
+    scratch = torch.zeros(state_size + 2 * weight_size, dtype=torch.float32, device=q.device)
+    d_weights = scratch[state_size:].view(2, heads, v_dim if weighted else 0)
     d_w_lln, d_w_diag = d_weights
     mask_arg, stride_mb = _mask_args(mask, q)
     half = q.dtype != torch.float32
-    kernels.lln_backward_query_kernel[(chunks, batch * heads)](
-        q, grad, dq, alpha, shift, state, norm, w_lln if has_diag else alpha,
-        d_state, d_norm, d_w_lln if has_diag else alpha,
-        *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
-        heads, seq, per_program, eps,
-        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, HALF=half, ATOMIC=chunks > 1,
-        num_warps=plan.warps_query, num_stages=plan.stages_query,
-    )  # fmt: skip
+    if unsplit:
+        kernels.lln_backward_unsplit_kernel[(bh,)](
+            q, k, v, mask_arg, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha,
+            d_w_lln if weighted else alpha,
+            *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
+            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq, num_tiles, eps,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HAS_DIAG=has_diag, WEIGHTED=weighted,
+            HALF=half,
+            num_warps=plan.warps_backward_unsplit, num_stages=plan.stages_query,
+        )  # fmt: skip
+    else:
+        state, norm = split_state(_state(k, v, mask, beta, shift, plan), bh, head_dim, v_dim)
+        d_state, d_norm = split_state(scratch[:state_size], bh, head_dim, v_dim)
+        kernels.lln_backward_query_kernel[(chunks, bh)](
+            q, grad, dq, alpha, shift, state, norm, w_lln if weighted else alpha,
+            d_state, d_norm, d_w_lln if weighted else alpha,
+            *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
+            heads, seq, per_program, eps,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, WEIGHTED=weighted, HALF=half, ATOMIC=True,
+            num_warps=plan.warps_query, num_stages=plan.stages_query,
+        )  # fmt: skip
     if has_diag:
         tile, block = _row_tile(block_size, plan)
-        per_program, chunks = _split(batch * heads, triton.cdiv(seq, tile), q.device)
-        kernels.lln_backward_block_kernel[(chunks, batch * heads)](
-            q, k, v, mask_arg, grad, dq, dk, dv, w_diag, d_w_diag, alpha if seed is None else seed,
+        per_program, chunks = _split(bh, triton.cdiv(seq, tile), q.device)
+        kernels.lln_backward_block_kernel[(chunks, bh)](
+            q, k, v, mask_arg, grad, dq, dk, dv, w_diag if weighted else alpha, d_w_diag if weighted else alpha,
+            alpha if seed is None else seed,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
             *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
             heads, seq, tile, per_program, scale, dropout_p,
-            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HALF=half,
-            DROPOUT=seed is not None,
-            num_warps=plan.warps_diag_backward, num_stages=plan.stages_diag,
+            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, WEIGHTED=weighted, HALF=half,
+            DROPOUT=seed is not None, ADD_KEYS=unsplit,
+            num_warps=plan.warps_diag_backward, num_stages=block_backward_stages(plan, block),
         )  # fmt: skip
-    kernels.lln_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
-        k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
-        *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-        heads, seq,
-        D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
-        num_warps=plan.warps,
-    )  # fmt: skip
+    if not unsplit:
+        kernels.lln_backward_key_kernel[(num_tiles, bh)](
+            k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
+            *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            heads, seq,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
+            num_warps=plan.warps,
+        )  # fmt: skip
     return dq, dk, dv, d_weights
 
 
@@ -399,7 +421,7 @@ def _lln_forward_op(
     eps: float,
     stats: str,
     dropout_p: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p)
 
 
@@ -407,11 +429,7 @@ def _lln_forward_op(
 def _(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
     bh, head_dim, v_dim = q.shape[0] * q.shape[1], q.shape[-1], v.shape[-1]
     floats = {"dtype": torch.float32, "device": q.device}
-    return (
-        _empty_like_layout(q, v_dim),
-        torch.empty(bh * (2 + head_dim), **floats),
-        torch.empty(bh * head_dim * (v_dim + 1), **floats),
-    )
+    return _empty_like_layout(q, v_dim), torch.empty(bh * (2 + head_dim), **floats)
 
 
 @torch.library.custom_op("hf_lln::fused_lln_backward", mutates_args=())
@@ -425,22 +443,21 @@ def _lln_backward_op(
     mask: Tensor | None,
     seed: Tensor | None,
     scale_terms: Tensor,
-    buffer: Tensor | None,
     block_size: int | None,
     scale: float,
     eps: float,
     dropout_p: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv, d_weights)``; ``d_weights: (2, heads, v_dim)`` holds d w_lln and d w_diag (LLN + Diag), or
-    is empty (LLN)."""
+    """``(dq, dk, dv, d_weights)``; ``d_weights: (2, heads, v_dim)`` holds d w_lln and d w_diag (LLN + Diag with
+    mix weights), or is empty (LLN, and the average mix)."""
     return _lln_backward(
-        grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p
+        grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_size, scale, eps, dropout_p
     )
 
 
 @_lln_backward_op.register_fake
-def _(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size, scale, eps, dropout_p):
-    weights = (2, q.shape[1], v.shape[-1] if block_size is not None else 0)
+def _(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_size, scale, eps, dropout_p):
+    weights = (2, q.shape[1], v.shape[-1] if w_lln is not None else 0)
     return (
         _empty_like_layout(q, q.shape[-1]),
         _empty_like_layout(k, k.shape[-1]),
@@ -451,17 +468,22 @@ def _(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, buffer, block_size,
 
 def _lln_setup_context(ctx, inputs, output):
     q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, _, dropout_p = inputs
-    _, scale_terms, buffer = output
-    ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, scale_terms, _kept_state(buffer, q, v))
+    ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, output[1])
     ctx.config = (block_size, scale, eps, dropout_p)
 
 
-def _lln_grads(ctx, grad, _scale_terms_grad, _buffer_grad):
+def _weight_grads(w_lln: Tensor | None, d_weights: Tensor) -> tuple:
+    """The gradients of ``w_lln, w_diag`` from the backward's ``d_weights``: None where no weights were given."""
+    return tuple(d_weights) if w_lln is not None else (None, None)
+
+
+def _lln_grads(ctx, grad, _scale_terms_grad):
     block_size, scale, eps, dropout_p = ctx.config
+    saved = ctx.saved_tensors  # read once: activation checkpointing unpacks each saved tensor only once
     dq, dk, dv, d_weights = torch.ops.hf_lln.fused_lln_backward(
-        grad, *ctx.saved_tensors, block_size, scale, eps, dropout_p
+        grad, *saved, block_size, scale, eps, dropout_p
     )
-    weight_grads = tuple(d_weights) if block_size is not None else (None, None)
+    weight_grads = _weight_grads(saved[3], d_weights)
     return dq, dk, dv, *weight_grads, None, None, None, None, None, None, None
 
 
@@ -473,18 +495,19 @@ class _FusedLLN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p):
-        out, scale_terms, buffer = _lln_forward(
+        out, scale_terms = _lln_forward(
             q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, stats, dropout_p
         )
-        ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, scale_terms, _kept_state(buffer, q, v))
+        ctx.save_for_backward(q, k, v, w_lln, w_diag, mask, seed, scale_terms)
         ctx.config = (block_size, scale, eps, dropout_p)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         block_size, scale, eps, dropout_p = ctx.config
-        dq, dk, dv, d_weights = _lln_backward(grad, *ctx.saved_tensors, block_size, scale, eps, dropout_p)
-        weight_grads = tuple(d_weights) if block_size is not None else (None, None)
+        saved = ctx.saved_tensors  # read once: activation checkpointing unpacks each saved tensor only once
+        dq, dk, dv, d_weights = _lln_backward(grad, *saved, block_size, scale, eps, dropout_p)
+        weight_grads = _weight_grads(saved[3], d_weights)
         return dq, dk, dv, *weight_grads, None, None, None, None, None, None, None
 
 

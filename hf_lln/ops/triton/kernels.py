@@ -13,7 +13,7 @@ products run as tf32 and the block softmax's products on operands in the input d
 FlashAttention; float32 inputs get 3xtf32 products (float32 accuracy on the tensor cores).
 
 Attention dropout (``DROPOUT``) acts on the block softmax's probabilities. Its keep mask is never
-stored: ``_dropout_keep`` draws it from a counter-based generator (Philox, ``tl.rand``) keyed by the
+stored: ``_dropout_keep`` draws it from a counter-based generator (Philox, ``tl.rand4x``) keyed by the
 call's seed and the (batch, head) and counted by (query row, key column), so the backward pass and
 ``dropout_keep_kernel`` regenerate exactly the forward's mask, as FlashAttention does.
 """
@@ -56,15 +56,20 @@ def _key_ok(mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p):
-    """Keep mask ``(BLOCK, BLOCK)`` of one diagonal block: query ``rows`` (sequence positions) by key
-    column ``local`` within the block. One Philox stream per (batch, head), keyed by ``seed + pid_bh``
-    (a 64-bit key), at counter ``row * tile + column``: unique within a stream, and int32 for
-    ``seq * tile < 2**31`` (``unsupported_reason`` checks it), so that every Triton version runs the
+def _dropout_keep(seed, pid_bh, rows, dropout_p, BLOCK: tl.constexpr):
+    """Keep mask ``(BLOCK, BLOCK)`` of one diagonal block: query ``rows`` (sequence positions) by key column
+    within the block. One Philox stream per (batch, head), keyed by ``seed + pid_bh`` (a 64-bit key); each
+    Philox call gives four numbers (``tl.rand4x``), so a row's ``BLOCK`` columns take ``BLOCK / 4`` counters,
+    ``row * BLOCK / 4 + column / 4``: a quarter of the generator's work of one call per probability, which made
+    dropout cost the forward's output pass half its time. The counters are unique within a stream, and int32
+    for ``seq * BLOCK / 4 < 2**31`` (``unsupported_reason`` checks it), so that every Triton version runs the
     32-bit Philox (some switch to a 64-bit variant for int64 counters). Kept with probability
     ``1 - dropout_p``, as ``torch.nn.functional.dropout``."""
-    offsets = rows[:, None] * tile + local[None, :]
-    return tl.rand(seed + pid_bh, offsets) >= dropout_p
+    quarter: tl.constexpr = BLOCK // 4
+    offsets = rows[:, None] * quarter + tl.arange(0, quarter)[None, :]
+    u0, u1, u2, u3 = tl.rand4x(seed + pid_bh, offsets)
+    # (BLOCK, BLOCK / 4, 2, 2) -> (BLOCK, BLOCK): column 4 c + 2 m + n holds number m + 2 n of counter c
+    return tl.reshape(tl.join(tl.join(u0, u1), tl.join(u2, u3)), (BLOCK, BLOCK)) >= dropout_p
 
 
 @triton.jit
@@ -82,7 +87,7 @@ def dropout_keep_kernel(SEED, KEEP, seq, tile, dropout_p, BLOCK: tl.constexpr):
     local = tl.arange(0, BLOCK)
     rows = pid_t * tile + local
     row_ok = (local < tile) & (rows < seq)
-    keep = _dropout_keep(tl.load(SEED), pid_bh, rows, local, tile, dropout_p)
+    keep = _dropout_keep(tl.load(SEED), pid_bh, rows, dropout_p, BLOCK)
     ptr = KEEP + pid_bh * seq * tile + rows[:, None] * tile + local[None, :]
     tl.store(ptr, keep.to(tl.uint8), mask=row_ok[:, None] & (local[None, :] < tile))
 
@@ -369,9 +374,11 @@ def lln_output_kernel(
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_mb,
     heads, seq, tile, tiles_per_program, scale_log2e, eps, dropout_p,
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr, DROPOUT: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr, WEIGHTED: tl.constexpr, HALF: tl.constexpr,
+    DROPOUT: tl.constexpr,
 ):  # fmt: skip
-    """``out = w_lln * LLN(q) + w_diag * block softmax`` (just LLN without ``HAS_DIAG``).
+    """``out = w_lln * LLN(q) + w_diag * block softmax`` (just LLN without ``HAS_DIAG``); without ``WEIGHTED``
+    both weights are 0.5 (the average mix) and ``W_LLN, W_DIAG`` are not read.
 
     A tile holds ``tile <= BLOCK`` rows: with ``HAS_DIAG`` one diagonal block, so its keys are its rows.
     ``DROPOUT`` drops the block softmax's probabilities (``SEED: (1,)`` int64, see ``_dropout_keep``).
@@ -390,7 +397,7 @@ def lln_output_kernel(
     shift = tl.load(SHIFT + pid_bh * D + cols)
     state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
     norm = tl.load(NORM + pid_bh * D + cols)
-    if HAS_DIAG:
+    if HAS_DIAG and WEIGHTED:
         w_lln = tl.load(W_LLN + h * DV + vcols)
         w_diag = tl.load(W_DIAG + h * DV + vcols)
     if DROPOUT:
@@ -409,51 +416,43 @@ def lln_output_kernel(
             key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
             p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
             if DROPOUT:
-                p = _dropped(p, _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p), dropout_p)
-            out = w_lln[None, :] * out + w_diag[None, :] * _dot_in(p, v_in, v_in, HALF)
+                p = _dropped(p, _dropout_keep(seed, pid_bh, rows, dropout_p, BLOCK), dropout_p)
+            diag = _dot_in(p, v_in, v_in, HALF)
+            if WEIGHTED:
+                out = w_lln[None, :] * out + w_diag[None, :] * diag
+            else:
+                out = 0.5 * (out + diag)
         o_ptr = o_base + rows[:, None] * stride_os + vcols[None, :]
         tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
-def lln_backward_query_kernel(
-    Q, GRAD, DQ, ALPHA, SHIFT, STATE, NORM, W_LLN, D_STATE, D_NORM, D_W_LLN,
-    stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
-    heads, seq, tiles_per_program, eps,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_DIAG: tl.constexpr, HALF: tl.constexpr,
-    ATOMIC: tl.constexpr,
+def _query_tiles(
+    q_base, g_base, dq_base, stride_qs, stride_gs, stride_dqs, alpha, shift, state, norm, w_lln, seq, first,
+    num_tiles, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_DIAG: tl.constexpr, WEIGHTED: tl.constexpr,
+    HALF: tl.constexpr,
 ):  # fmt: skip
-    """Query side of the LLN backward: ``dq`` (stored), ``dS, dz`` (``_reduce_out``). With ``HAS_DIAG`` the
-    incoming gradient is scaled by ``w_lln`` first and ``d w_lln`` is accumulated (atomic); the block
-    softmax's part is ``lln_backward_block_kernel``'s."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // heads
-    h = pid_bh % heads
-    q_base = Q + b * stride_qb + h * stride_qh
-    g_base = GRAD + b * stride_gb + h * stride_gh
-    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    """The LLN query side of the backward over ``num_tiles`` row tiles from tile ``first``: stores their ``dq``
+    and returns their sums ``(dS: (D, DV), dz: (D,), d w_lln: (DV,))``. With ``HAS_DIAG`` the incoming gradient
+    is scaled by ``w_lln`` first (0.5 without ``WEIGHTED``, and d w_lln stays zero)."""
     cols = tl.arange(0, D)
     vcols = tl.arange(0, DV)
-    alpha = tl.load(ALPHA + pid_bh)
-    shift = tl.load(SHIFT + pid_bh * D + cols)
-    state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
-    norm = tl.load(NORM + pid_bh * D + cols)
     d_state = tl.zeros([D, DV], tl.float32)
     d_norm = tl.zeros([D], tl.float32)
-    if HAS_DIAG:
-        w_lln = tl.load(W_LLN + h * DV + vcols)
-        d_w_lln = tl.zeros([DV], tl.float32)
-    first = pid_c * tiles_per_program
-    for i in range(tiles_per_program):
+    d_w_lln = tl.zeros([DV], tl.float32)
+    for i in range(num_tiles):
         rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < seq
         q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
         g = _load_rows(g_base, rows, row_ok, vcols, stride_gs).to(tl.float32)
         phi, den, den_c, lln = _lln_rows(q, alpha, shift, state, norm, eps, HALF)
         if HAS_DIAG:
-            d_w_lln += tl.sum(g * lln, axis=0)
-            g = g * w_lln[None, :]
+            if WEIGHTED:
+                d_w_lln += tl.sum(g * lln, axis=0)
+                g = g * w_lln[None, :]
+            else:
+                g = g * 0.5
         u = g / den_c[:, None]
         w = tl.where(den > eps, tl.sum(u * lln, axis=1), 0.0)
         d_phi = _dot(u, tl.trans(state), HALF) - w[:, None] * norm[None, :]
@@ -461,12 +460,44 @@ def lln_backward_query_kernel(
         d_norm -= tl.sum(w[:, None] * phi, axis=0)
         tl.store(
             dq_base + rows[:, None] * stride_dqs + cols[None, :],
-            (d_phi * phi * alpha).to(DQ.dtype.element_ty),
+            (d_phi * phi * alpha).to(dq_base.dtype.element_ty),
             mask=row_ok[:, None],
         )
+    return d_state, d_norm, d_w_lln
+
+
+@triton.jit
+def lln_backward_query_kernel(
+    Q, GRAD, DQ, ALPHA, SHIFT, STATE, NORM, W_LLN, D_STATE, D_NORM, D_W_LLN,
+    stride_qb, stride_qh, stride_qs, stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs,
+    heads, seq, tiles_per_program, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_DIAG: tl.constexpr, WEIGHTED: tl.constexpr,
+    HALF: tl.constexpr, ATOMIC: tl.constexpr,
+):  # fmt: skip
+    """Query side of the LLN backward (``_query_tiles``) over this program's tiles: ``dq`` (stored), ``dS, dz``
+    (``_reduce_out``), ``d w_lln`` with ``HAS_DIAG`` and ``WEIGHTED`` (atomic); the block softmax's part is
+    ``lln_backward_block_kernel``'s."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    alpha = tl.load(ALPHA + pid_bh)
+    shift = tl.load(SHIFT + pid_bh * D + cols)
+    state = tl.load(STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
+    norm = tl.load(NORM + pid_bh * D + cols)
+    w_lln = alpha
+    if HAS_DIAG and WEIGHTED:
+        w_lln = tl.load(W_LLN + h * DV + vcols)
+    d_state, d_norm, d_w_lln = _query_tiles(
+        Q + b * stride_qb + h * stride_qh, GRAD + b * stride_gb + h * stride_gh, DQ + b * stride_dqb + h * stride_dqh,
+        stride_qs, stride_gs, stride_dqs, alpha, shift, state, norm, w_lln, seq, pid_c * tiles_per_program,
+        tiles_per_program, eps, D, DV, BLOCK, HAS_DIAG, WEIGHTED, HALF,
+    )  # fmt: skip
     _reduce_out(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :], d_state, ATOMIC)
     _reduce_out(D_NORM + pid_bh * D + cols, d_norm, ATOMIC)
-    if HAS_DIAG:
+    if HAS_DIAG and WEIGHTED:
         tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
 
 
@@ -478,13 +509,15 @@ def lln_backward_block_kernel(
     stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
     stride_dvb, stride_dvh, stride_dvs, stride_mb,
     heads, seq, tile, tiles_per_program, scale, dropout_p,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HALF: tl.constexpr,
-    DROPOUT: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, WEIGHTED: tl.constexpr,
+    HALF: tl.constexpr, DROPOUT: tl.constexpr, ADD_KEYS: tl.constexpr,
 ):  # fmt: skip
     """Block-diagonal softmax part of the backward, one diagonal block (``tile <= BLOCK`` rows) per
     tile: adds its ``dq`` to ``DQ`` (which holds the LLN part), stores its ``dk, dv`` (the key kernel
-    adds the LLN part) and accumulates ``d w_diag`` (atomic). A separate pass keeps the LLN query
-    pass and this one each within the register file.
+    adds the LLN part), or with ``ADD_KEYS`` adds them to the LLN part already there
+    (``lln_backward_unsplit_kernel`` ran first), and, with ``WEIGHTED``, accumulates ``d w_diag`` (atomic;
+    without it the weight is 0.5). A separate pass keeps the LLN passes and this one each within the register
+    file.
 
     With ``DROPOUT`` the forward's keep mask M is drawn again (``_dropout_keep``); with the dropped
     probabilities P' = P * M / (1 - p): ``dv = P'^T g``, ``dP = (g v^T) * M / (1 - p)`` and
@@ -502,8 +535,9 @@ def lln_backward_block_kernel(
     dv_base = DVAL + b * stride_dvb + h * stride_dvh
     cols = tl.arange(0, D)
     vcols = tl.arange(0, DV)
-    w_diag = tl.load(W_DIAG + h * DV + vcols)
-    d_w_diag = tl.zeros([DV], tl.float32)
+    if WEIGHTED:
+        w_diag = tl.load(W_DIAG + h * DV + vcols)
+        d_w_diag = tl.zeros([DV], tl.float32)
     scale_log2e = scale * 1.4426950408889634
     if DROPOUT:
         seed = tl.load(SEED)
@@ -519,35 +553,63 @@ def lln_backward_block_kernel(
         key_ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
         p = _block_softmax(q_in, k_in, key_ok, scale_log2e, HALF)
         if DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, rows, local, tile, dropout_p)
+            keep = _dropout_keep(seed, pid_bh, rows, dropout_p, BLOCK)
             p_kept = _dropped(p, keep, dropout_p)
         else:
             p_kept = p
         # ordered so that each 64x64 temporary dies early (register pressure)
         diag = _dot_in(p_kept, v_in, q_in, HALF)
-        d_w_diag += tl.sum(g * diag, axis=0)
-        g = g * w_diag[None, :]
+        if WEIGHTED:
+            d_w_diag += tl.sum(g * diag, axis=0)
+            g = g * w_diag[None, :]
+        else:
+            g = g * 0.5
         row_dot = tl.sum(g * diag, axis=1)
         dv = _dot_in(tl.trans(p_kept), g, q_in, HALF)
-        tl.store(
-            dv_base + rows[:, None] * stride_dvs + vcols[None, :],
-            dv.to(DVAL.dtype.element_ty),
-            mask=row_ok[:, None],
-        )
+        dv_ptr = dv_base + rows[:, None] * stride_dvs + vcols[None, :]
+        if ADD_KEYS:
+            dv += tl.load(dv_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        tl.store(dv_ptr, dv.to(DVAL.dtype.element_ty), mask=row_ok[:, None])
         d_p = _dot_in(g, tl.trans(v_in), q_in, HALF)
         if DROPOUT:
             d_p = _dropped(d_p, keep, dropout_p)
         d_s = p * (d_p - row_dot[:, None]) * scale
         dk = _dot_in(tl.trans(d_s), q_in, q_in, HALF)
-        tl.store(
-            dk_base + rows[:, None] * stride_dks + cols[None, :],
-            dk.to(DK.dtype.element_ty),
-            mask=row_ok[:, None],
-        )
+        dk_ptr = dk_base + rows[:, None] * stride_dks + cols[None, :]
+        if ADD_KEYS:
+            dk += tl.load(dk_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=row_ok[:, None])
         dq_ptr = dq_base + rows[:, None] * stride_dqs + cols[None, :]
         dq = tl.load(dq_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32) + _dot_in(d_s, k_in, q_in, HALF)
         tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
-    tl.atomic_add(D_W_DIAG + h * DV + vcols, d_w_diag)
+    if WEIGHTED:
+        tl.atomic_add(D_W_DIAG + h * DV + vcols, d_w_diag)
+
+
+@triton.jit
+def _key_tile(
+    k_base, v_base, dk_base, dv_base, mask_base, rows, stride_ks, stride_vs, stride_dks, stride_dvs, beta, shift,
+    d_state, d_norm, seq,
+    D: tl.constexpr, DV: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """The LLN part of ``dk, dv`` for the key ``rows`` of one tile from ``dS, dz``, stored, or with
+    ``ACCUMULATE`` added to what the tile already holds (the block softmax's part)."""
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    row_ok = rows < seq
+    ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)
+    k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
+    v = _load_rows(v_base, rows, row_ok, vcols, stride_vs).to(tl.float32)
+    phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
+    dk = (_dot(v, tl.trans(d_state), HALF) + d_norm[None, :]) * phi * beta
+    dv = _dot(phi, d_state, HALF)
+    dk_ptr = dk_base + rows[:, None] * stride_dks + cols[None, :]
+    dv_ptr = dv_base + rows[:, None] * stride_dvs + vcols[None, :]
+    if ACCUMULATE:
+        dk += tl.load(dk_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(dk_ptr, dk.to(dk_base.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(dv_ptr, dv.to(dv_base.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -559,30 +621,68 @@ def lln_backward_key_kernel(
     D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
     HAS_MASK: tl.constexpr, ACCUMULATE: tl.constexpr, HALF: tl.constexpr,
 ):  # fmt: skip
-    """Key side of the backward: the LLN part of ``dk, dv`` from ``dS, dz``; ``ACCUMULATE`` adds
-    it to what ``DK, DVAL`` already hold (the block softmax's part)."""
+    """Key side of the backward: the LLN part of ``dk, dv`` from ``dS, dz`` (``_key_tile``), one tile per
+    program; ``ACCUMULATE`` adds it to what ``DK, DVAL`` already hold (the block softmax's part)."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
     cols = tl.arange(0, D)
     vcols = tl.arange(0, DV)
-    rows = pid_t * BLOCK + tl.arange(0, BLOCK)
-    row_ok = rows < seq
-    ok = _key_ok(MASK + b * stride_mb, rows, row_ok, HAS_MASK)
+    _key_tile(
+        K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
+        DK + b * stride_dkb + h * stride_dkh, DVAL + b * stride_dvb + h * stride_dvh, MASK + b * stride_mb,
+        pid_t * BLOCK + tl.arange(0, BLOCK), stride_ks, stride_vs, stride_dks, stride_dvs,
+        tl.load(BETA + pid_bh), tl.load(SHIFT + pid_bh * D + cols),
+        tl.load(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :]), tl.load(D_NORM + pid_bh * D + cols),
+        seq, D, DV, HAS_MASK, ACCUMULATE, HALF,
+    )  # fmt: skip
+
+
+@triton.jit
+def lln_backward_unsplit_kernel(
+    Q, K, V, MASK, GRAD, DQ, DK, DVAL, ALPHA, BETA, SHIFT, W_LLN, D_W_LLN,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_gb, stride_gh, stride_gs, stride_dqb, stride_dqh, stride_dqs, stride_dkb, stride_dkh, stride_dks,
+    stride_dvb, stride_dvh, stride_dvs, stride_mb,
+    heads, seq, num_tiles, eps,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DIAG: tl.constexpr,
+    WEIGHTED: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """The whole LLN backward of one (batch, head) in one program, for calls that ``_split`` gives one program per
+    (batch, head): the state rebuilt from k, v (``_state_tiles``), the query side (``_query_tiles``: dq stored),
+    then the key side (``_key_tile``: dk, dv stored), with ``dS, dz`` kept in registers between the two; one
+    launch instead of three, and no ``dS, dz`` buffers. ``d w_lln`` with ``HAS_DIAG`` and ``WEIGHTED`` (atomic).
+    LLN + Diag's block pass runs after it and adds its part (``ADD_KEYS``). Grid: (bh,)."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    mask_base = MASK + b * stride_mb
+    cols = tl.arange(0, D)
+    vcols = tl.arange(0, DV)
+    alpha = tl.load(ALPHA + pid_bh)
     beta = tl.load(BETA + pid_bh)
     shift = tl.load(SHIFT + pid_bh * D + cols)
-    d_state = tl.load(D_STATE + pid_bh * D * DV + cols[:, None] * DV + vcols[None, :])
-    d_norm = tl.load(D_NORM + pid_bh * D + cols)
-    k = _load_rows(K + b * stride_kb + h * stride_kh, rows, row_ok, cols, stride_ks).to(tl.float32)
-    v = _load_rows(V + b * stride_vb + h * stride_vh, rows, row_ok, vcols, stride_vs).to(tl.float32)
-    phi = tl.where(ok[:, None], tl.exp(beta * k - shift[None, :]), 0.0)
-    dk = (_dot(v, tl.trans(d_state), HALF) + d_norm[None, :]) * phi * beta
-    dv = _dot(phi, d_state, HALF)
-    dk_ptr = DK + b * stride_dkb + h * stride_dkh + rows[:, None] * stride_dks + cols[None, :]
-    dv_ptr = DVAL + b * stride_dvb + h * stride_dvh + rows[:, None] * stride_dvs + vcols[None, :]
-    if ACCUMULATE:
-        dk += tl.load(dk_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        dv += tl.load(dv_ptr, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(dv_ptr, dv.to(DVAL.dtype.element_ty), mask=row_ok[:, None])
+    state, norm = _state_tiles(
+        k_base, v_base, mask_base, beta, shift, stride_ks, stride_vs, seq, 0, num_tiles, D, DV, BLOCK, HAS_MASK,
+        HALF,
+    )  # fmt: skip
+    w_lln = alpha
+    if HAS_DIAG and WEIGHTED:
+        w_lln = tl.load(W_LLN + h * DV + vcols)
+    d_state, d_norm, d_w_lln = _query_tiles(
+        Q + b * stride_qb + h * stride_qh, GRAD + b * stride_gb + h * stride_gh, DQ + b * stride_dqb + h * stride_dqh,
+        stride_qs, stride_gs, stride_dqs, alpha, shift, state, norm, w_lln, seq, 0, num_tiles, eps,
+        D, DV, BLOCK, HAS_DIAG, WEIGHTED, HALF,
+    )  # fmt: skip
+    if HAS_DIAG and WEIGHTED:
+        tl.atomic_add(D_W_LLN + h * DV + vcols, d_w_lln)
+    dk_base = DK + b * stride_dkb + h * stride_dkh
+    dv_base = DVAL + b * stride_dvb + h * stride_dvh
+    for i in range(num_tiles):
+        _key_tile(
+            k_base, v_base, dk_base, dv_base, mask_base, i * BLOCK + tl.arange(0, BLOCK), stride_ks, stride_vs,
+            stride_dks, stride_dvs, beta, shift, d_state, d_norm, seq, D, DV, HAS_MASK, False, HALF,
+        )  # fmt: skip
