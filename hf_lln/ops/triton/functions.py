@@ -12,8 +12,9 @@ Passes that reduce over the sequence (``_split``): where the batch is small, eac
 tiles out to several programs, which finish with one atomic add into a zero-filled buffer, so long sequences
 still fill the GPU. Where one program per (batch, head) fills it (large batches of short sequences, where the
 host's time per call decides the step), each program covers its whole sequence and stores its sums: no zero
-fills, and the statistics, scales and state passes run as one ``lln_prologue_kernel``. Fewer launches per call: on an H200 the host's time for an
-LLN forward at 512 tokens went from 0.35 to 0.18 ms (docs/benchmark.md).
+fills, the statistics, scales and state passes run as one ``lln_prologue_kernel``, and the state, query and
+key passes of the backward as one ``lln_backward_unsplit_kernel``. Fewer launches per call: at 512 tokens an
+LLN forward+backward is three launches, LLN + Diag's four and a seed draw (docs/kernels.md).
 
 Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
 last stride other than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they
@@ -39,7 +40,7 @@ ROW_BLOCK = 32
 WIDE_ROW_BLOCK = 16
 # The prologue (statistics, scales and state in one program per (batch, head)) keeps seven per-row-slot
 # accumulators: 16-row tiles at 8 warps take 80 registers at head size 64 (32-row tiles 138), three programs per
-# SM instead of one.
+# SM instead of one; at 4 warps (``LaunchConfig.num_warps_prologue``) 131, still three, and faster on an H200.
 PROLOGUE_ROW_BLOCK = 16
 PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
