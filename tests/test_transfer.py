@@ -36,7 +36,7 @@ from hf_lln.transfer import (
     text_batches,
     transfer_attention,
 )
-from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run, clip_each_group
+from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, TransferRun, clip_each_group
 from hf_lln.transfer.matching import (
     attention_options,
     layer_loss,
@@ -232,7 +232,7 @@ def test_layers_loss_is_the_mean_error_of_every_layer_output():
     """The ``layers`` end-to-end loss, recomputed from both models' hidden states."""
     teacher, student = tiny_pair("lln")
     inputs = random_batches(count=1)[0]
-    run = _Run(teacher, student, TransferSettings(end_to_end_loss="layers"), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(end_to_end_loss="layers"), Accelerator(cpu=True))
     with torch.no_grad():
         got = run.end_to_end_loss(inputs)
         ours = student(**inputs, output_hidden_states=True).hidden_states
@@ -289,7 +289,7 @@ def test_stacked_weight_losses_equal_each_layer_on_its_own(variant, groups):
     teacher, student = tiny_pair(variant)
     inputs = random_batches(count=1)[0]
     mask = inputs["attention_mask"].bool()
-    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
     assert run.groups == [[0], [1]]  # the CPU computes layer by layer
     run.groups = run.layer_groups(stack=True)  # as on a GPU
     assert run.groups == groups
@@ -320,7 +320,7 @@ def test_weight_losses_on_groups_of_similar_length_equal_the_whole_batchs(varian
     mask = (torch.arange(16)[None, :] < lengths[:, None]).long()  # four columns of padding past the longest
     ids = torch.randint(5, TINY["vocab_size"], mask.shape, generator=generator).masked_fill(mask == 0, 1)
     inputs = {"input_ids": ids, "attention_mask": mask}
-    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
     assert run.length_groups == 4
     hidden_states = run.teacher_pass(inputs)
     grouped = run.layer_losses(inputs, hidden_states)
@@ -347,7 +347,7 @@ def test_a_sequence_without_real_tokens_changes_no_weight_loss(variant):
     teacher, student = tiny_pair(variant)
     ids = torch.randint(5, TINY["vocab_size"], (2, 8), generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[1] * 5 + [0] * 3, [0] * 8])
-    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
     hidden_states = run.teacher_pass({"input_ids": ids, "attention_mask": mask})
     pair = run.weight_losses(hidden_states, mask.bool())
     alone = run.weight_losses([h[:1] for h in hidden_states], mask[:1].bool())
@@ -363,7 +363,9 @@ def test_a_sequence_without_real_tokens_changes_no_weight_loss(variant):
 def test_rows_are_grouped_only_where_they_depend_on_their_own_sequence_alone(variant, settings, loss):
     """Performer's rows are not checked for it, global statistics pool the batch, the output loss has no groups."""
     teacher, student = tiny_pair(variant, **settings)
-    assert _Run(teacher, student, TransferSettings(loss=loss), Accelerator(cpu=True)).length_groups == 1
+    assert (
+        TransferRun(teacher, student, TransferSettings(loss=loss), Accelerator(cpu=True)).length_groups == 1
+    )
 
 
 @pytest.mark.parametrize("variant", ["lln", "lln_diag", "linear_elu"])
@@ -375,7 +377,7 @@ def test_weight_loss_on_a_sample_of_queries_is_the_mean_over_their_rows(variant)
     inputs = random_batches(count=1)[0]
     mask = inputs["attention_mask"].bool()
     queries = torch.tensor([7, 0, 10, 3])  # 7 and 10 are padding in row 3, 10 in row 1
-    run = _Run(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(loss="weights"), Accelerator(cpu=True))
     hidden_states = run.teacher_pass(inputs)
     hidden = hidden_states[1]
     t, s = encoder_layers(teacher)[1].attention.self, encoder_layers(student)[1].attention.self
@@ -423,7 +425,7 @@ def test_layer_steps_on_a_share_of_the_queries_train_and_repeat_with_the_seed():
     the output loss or a share of 1); the transfer still lowers every layer's loss, the same seed gives the same
     weights, and the report says what was compared."""
     teacher, student = tiny_pair("lln")
-    run = _Run(teacher, student, TransferSettings(query_fraction=0.25), Accelerator(cpu=True))
+    run = TransferRun(teacher, student, TransferSettings(query_fraction=0.25), Accelerator(cpu=True))
     draws = [run.sample_queries({"attention_mask": torch.ones(2, 10)}) for _ in range(20)]
     assert all(
         len(draw) == 3 and len(set(draw.tolist())) == 3 and 0 <= min(draw) <= max(draw) < 10 for draw in draws
@@ -480,7 +482,7 @@ def test_the_teacher_runs_once_on_the_new_rows_of_several_batches(family):
     widths that the cache lacks, each once; every batch then comes from the cache, equal at its real tokens to
     the teacher run on it."""
     teacher, student = tiny_pair("lln", family)
-    run = _Run.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
+    run = TransferRun.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
     first, second = random_batches(count=2)
     narrow = {key: value[:, :9] for key, value in second.items()}  # row 3: 6 real tokens, 3 pad columns
     narrow["attention_mask"][:, 8] = 0
@@ -580,7 +582,7 @@ def test_teacher_cache_serves_sequences_met_again(family):
     teacher pass, equal at every real token to the teacher run on it; a row at another left-padding offset is not
     taken for the same sequence (BERT's positions count the padding)."""
     teacher, student = tiny_pair("lln", family)
-    run = _Run.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
+    run = TransferRun.prepared(teacher, student, TransferSettings(), Accelerator(cpu=True))
     first, second, third = random_batches(count=3)
     sizes = []
     calls = count_forwards(teacher, sizes)
@@ -625,7 +627,7 @@ def test_teacher_cache_keeps_to_its_budget_and_changes_no_result():
     on every batch."""
     batches = random_batches(count=3)
     teacher, student = tiny_pair("lln")
-    run = _Run.prepared(
+    run = TransferRun.prepared(
         teacher, student, TransferSettings(), Accelerator(cpu=True), teacher_cache_bytes=30_000
     )
     for batch in batches:
@@ -648,7 +650,7 @@ def test_teacher_cache_keeps_to_its_budget_and_changes_no_result():
     with pytest.raises(ValueError, match="teacher_cache_bytes must be an integer >= 0 or None, got -1"):
         transfer_attention(teacher, student, batches, settings, teacher_cache_bytes=-1)
     # the default: TEACHER_CACHE_BYTES (on a GPU, at most a quarter of its free memory)
-    default = _Run.prepared(teacher, student, settings, Accelerator(cpu=True))
+    default = TransferRun.prepared(teacher, student, settings, Accelerator(cpu=True))
     assert default.teacher_cache.max_bytes == TEACHER_CACHE_BYTES and not default.teacher_cache.full
 
 

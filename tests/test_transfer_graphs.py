@@ -11,7 +11,7 @@ from transformers import get_scheduler
 
 from hf_lln.transfer import TransferSettings, transfer_attention
 from hf_lln.transfer.graphs import PAD_MULTIPLE, GraphedSteps
-from hf_lln.transfer.loop import _Run
+from hf_lln.transfer.loop import TransferRun
 from tests._tiny import TINY
 from tests.test_transfer import tiny_pair
 
@@ -116,7 +116,7 @@ def test_a_graphed_transfer_trains_as_the_eager_one(monkeypatch, variant, train,
     settings = TransferSettings(steps=12, end_to_end_steps=0, learning_rate=1e-2, eval_batches=2, train=train)
     results = []
     for graphs in (False, True):
-        monkeypatch.setattr(_Run, "cuda_graphs", graphs)
+        monkeypatch.setattr(TransferRun, "cuda_graphs", graphs)
         shape = {"hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 2 * PAD_MULTIPLE}
         teacher, student = tiny_pair(variant, shape=shape)
         AcceleratorState._reset_state(True)
@@ -156,7 +156,7 @@ def test_which_transfers_replay_from_graphs(variant, overrides, mixed_precision,
     teacher, student = tiny_pair(variant)
     AcceleratorState._reset_state(True)
     settings = TransferSettings(steps=1, end_to_end_steps=0, **overrides)
-    run = _Run.prepared(teacher, student, settings, Accelerator(mixed_precision=mixed_precision))
+    run = TransferRun.prepared(teacher, student, settings, Accelerator(mixed_precision=mixed_precision))
     graphable, stage = run.graphable(), run.stages()[0]
     AcceleratorState._reset_state(True)
     assert graphable is expected

@@ -25,8 +25,8 @@ from transformers import AutoModel, AutoTokenizer
 
 import hf_lln
 from hf_lln.experiments.bench.measure import synchronize
-from hf_lln.transfer import TransferSettings, load_texts, text_batches
-from hf_lln.transfer.loop import TEACHER_CACHE_BYTES, _Run
+from hf_lln.transfer import TransferRun, TransferSettings, load_texts, text_batches
+from hf_lln.transfer.loop import TEACHER_CACHE_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,7 +78,7 @@ def measure(args, accelerator: Accelerator, tokenizer, texts: list[str], variant
         args.model_name_or_path, attn_implementation=variant, dtype=torch.float32
     )
     cache = TEACHER_CACHE_BYTES if args.teacher_cache else 0
-    run = _Run.prepared(teacher, student, TransferSettings(), accelerator, teacher_cache_bytes=cache)
+    run = TransferRun.prepared(teacher, student, TransferSettings(), accelerator, teacher_cache_bytes=cache)
     settings = run.settings
     batches = text_batches(
         texts,

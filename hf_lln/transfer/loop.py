@@ -414,8 +414,9 @@ class _TeacherCache:
             self.bytes += size
 
 
-class _Run:
-    """The models, the accelerator and the per-batch computations of one transfer."""
+class TransferRun:
+    """The models, the accelerator and the per-batch computations of one transfer: what ``transfer_attention``
+    drives, public for harnesses that time or profile its steps (``hf_lln.experiments.transfer_throughput``)."""
 
     # whether ``graphable`` layer steps replay from CUDA graphs (the tests turn them off to compare)
     cuda_graphs = True
@@ -461,7 +462,7 @@ class _Run:
         settings: TransferSettings,
         accelerator: Accelerator | None,
         teacher_cache_bytes: int | None = None,
-    ) -> _Run:
+    ) -> TransferRun:
         """A run of ``settings`` (its ``loss`` resolved by ``check_models``, which refuses bad models before any
         work) with both models on the device of ``accelerator`` (default: a new ``Accelerator()``), in eval mode
         (dropout off: the student fits a deterministic function of the teacher, frozen for good) and without
@@ -855,7 +856,9 @@ def transfer_attention(
     teacher_was_training, student_was_training = teacher.training, student.training
     student_requires_grad = {param: param.requires_grad for param in student.parameters()}
     start = time.perf_counter()
-    run = _Run.prepared(teacher, student, settings or TransferSettings(), accelerator, teacher_cache_bytes)
+    run = TransferRun.prepared(
+        teacher, student, settings or TransferSettings(), accelerator, teacher_cache_bytes
+    )
     settings, accelerator = run.settings, run.accelerator
     try:
         stream = run.stream(batches)

@@ -46,13 +46,13 @@ def test_every_variant_and_stage_is_timed(tmp_path, capsys):
 def test_teacher_cache_is_off_unless_asked(tmp_path, capsys, monkeypatch):
     """Without ``--teacher_cache`` every timed step runs the teacher; with it, the run keeps a cache."""
     budgets = []
-    prepared = transfer_throughput._Run.prepared
+    prepared = transfer_throughput.TransferRun.prepared
 
     def spy(*args, teacher_cache_bytes, **kwargs):
         budgets.append(teacher_cache_bytes)
         return prepared(*args, teacher_cache_bytes=teacher_cache_bytes, **kwargs)
 
-    monkeypatch.setattr(transfer_throughput._Run, "prepared", spy)
+    monkeypatch.setattr(transfer_throughput.TransferRun, "prepared", spy)
     run_table(tmp_path / "off", capsys, "--variants", "lln")
     rows = run_table(tmp_path / "on", capsys, "--variants", "lln", "--teacher_cache")
     assert budgets == [0, transfer_throughput.TEACHER_CACHE_BYTES] and len(rows) == 2

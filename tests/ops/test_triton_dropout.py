@@ -107,7 +107,9 @@ def test_neighbouring_keys_are_dropped_independently(block):
     index = torch.arange(seq)
     keys = (index // block * block)[:, None] + torch.arange(block)  # query i's key columns in its block
     inside = keys < seq
-    tiles = keep.gather(3, keys.clamp(max=seq - 1).expand(batch, heads, -1, -1)).double()  # (b, h, seq, block)
+    tiles = keep.gather(
+        3, keys.clamp(max=seq - 1).expand(batch, heads, -1, -1)
+    ).double()  # (b, h, seq, block)
     full_rows = inside.all(1)
     rows = tiles[:, :, full_rows].reshape(-1, block)
     n = rows.shape[0]
