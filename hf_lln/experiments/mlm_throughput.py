@@ -15,7 +15,10 @@ what the attention itself costs in the step. ``sdpa`` is softmax.
 With ``--find_max_seq_length`` it also doubles the length at batch size 1 until memory runs out. With
 ``--profile`` it runs three more steps of each row under torch.profiler and prints, per step, the device time
 of every kernel summed, the number of launches, the time the GPU sat idle (wall time minus kernel time:
-host-bound gaps), and the kernels that took longest.
+host-bound gaps), and the kernels that took longest. With ``--rounds N`` every row is measured N times, the
+rows taking turns (round 1 of every row, then round 2, ...), and the table gives each row's median step and
+every round's: on a lent GPU whose host speed drifts between minutes, rows measured side by side in turns compare
+where one measurement of each, minutes apart, may not.
 
     python -m hf_lln.experiments.mlm_throughput --config_name lln-roberta-tiny --seq_lengths 64 --steps 2 --warmup_steps 1 \\
         --mixed_precision no --tokens_per_batch 256                                   # CPU smoke run
@@ -34,6 +37,7 @@ import argparse
 import functools
 import gc
 import json
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -121,6 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Measure every row this many times, the rows taking turns; the table gives the median step.",
+    )
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument(
@@ -146,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_grad_norm < 0:
         parser.error(f"--max_grad_norm must be non-negative, got {args.max_grad_norm}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     return args
 
 
@@ -203,8 +215,10 @@ def profile_steps(step: Callable[[], object], device: torch.device) -> list[str]
     return lines
 
 
-def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int, batch: int) -> dict | None:
-    """Tokens/s and peak memory of training steps at (batch, seq), with ``--profile`` the profile's lines
+def measure(
+    accelerator: Accelerator, args, tokenizer, attention: str, seq: int, batch: int, profile: bool = False
+) -> dict | None:
+    """Tokens/s and peak memory of training steps at (batch, seq), with ``profile`` (on CUDA) the profile's lines
     (``profile_steps``); None when it does not fit in memory."""
     config = config_for_attention(preset_config(args.config_name), attention)
     if args.attention_dropout is not None:
@@ -253,7 +267,7 @@ def measure(accelerator: Accelerator, args, tokenizer, attention: str, seq: int,
         peak = (
             torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else float("nan")
         )
-        profiled = args.profile and accelerator.device.type == "cuda"
+        profiled = profile and accelerator.device.type == "cuda"
         return {
             "tokens_per_second": batch * seq * args.steps / seconds,
             "ms_per_step": seconds / args.steps * 1e3,
@@ -293,35 +307,57 @@ def throughput_table(args) -> None:
         f"{args.config_name} (vocabulary {len(tokenizer)}, rows padded to a multiple of {VOCABULARY_MULTIPLE}), "
         f"{args.mixed_precision}, {device}, {args.steps} timed steps"
     )
-    print(
-        f"| attention | seq | batch | tokens/s | ms/step | x {ZERO_COST} | ms over {ZERO_COST_QK} | peak memory (GiB) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    floors: dict[tuple[str, int], float] = {}
-    profiles: list[str] = []
     # the zero-cost steps first, so every other row can be set against them
     attentions = sorted(
         args.attn_implementations, key=lambda name: FLOORS.index(name) if name in FLOORS else 2
     )
-    for attention in attentions:
-        for seq in args.seq_lengths:
-            batch = max(1, args.tokens_per_batch // seq)
-            result = measure(accelerator, args, tokenizer, attention, seq, batch)
-            if result is None:
-                print(f"| {attention} | {seq} | {batch} | out of memory | | | | |", flush=True)
+    rows = [(attention, seq) for attention in attentions for seq in args.seq_lengths]
+    results: dict[tuple[str, int], list[dict]] = {row: [] for row in rows}
+    out_of_memory: set[tuple[str, int]] = set()
+    profiles: list[str] = []
+    for round_index in range(args.rounds):
+        for attention, seq in rows:
+            if (attention, seq) in out_of_memory:
                 continue
-            ms = result["ms_per_step"]
-            if attention in FLOORS:
-                floors[attention, seq] = ms
-            ratio = f"{ms / floors[ZERO_COST, seq]:.2f}" if (ZERO_COST, seq) in floors else ""
-            over = f"{ms - floors[ZERO_COST_QK, seq]:.1f}" if (ZERO_COST_QK, seq) in floors else ""
+            batch = max(1, args.tokens_per_batch // seq)
+            result = measure(
+                accelerator, args, tokenizer, attention, seq, batch, profile=args.profile and round_index == 0
+            )
+            if result is None:
+                out_of_memory.add((attention, seq))
+                continue
+            results[attention, seq].append(result)
             print(
-                f"| {attention} | {seq} | {batch} | {result['tokens_per_second']:,.0f} | {ms:.1f} | {ratio} | "
-                f"{over} | {result['peak_gib']:.2f} |",
+                f"round {round_index + 1}: {attention}, seq {seq}: {result['ms_per_step']:.1f} ms/step",
                 flush=True,
             )
             if result["profile"]:
                 profiles += [f"\n{attention}, seq {seq}, batch {batch}:", *result["profile"]]
+    median = {
+        row: statistics.median(r["ms_per_step"] for r in found) for row, found in results.items() if found
+    }
+    print(
+        f"| attention | seq | batch | tokens/s | ms/step | x {ZERO_COST} | ms over {ZERO_COST_QK} | peak memory (GiB) "
+        "| ms/step per round |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for attention, seq in rows:
+        batch = max(1, args.tokens_per_batch // seq)
+        if (attention, seq) not in median:
+            print(f"| {attention} | {seq} | {batch} | out of memory | | | | | |", flush=True)
+            continue
+        ms = median[attention, seq]
+        floor, floor_qk = median.get((ZERO_COST, seq)), median.get((ZERO_COST_QK, seq))
+        ratio = f"{ms / floor:.2f}" if floor is not None else ""
+        over = f"{ms - floor_qk:.1f}" if floor_qk is not None else ""
+        found = results[attention, seq]
+        peak = max(r["peak_gib"] for r in found)
+        each = ", ".join(f"{r['ms_per_step']:.1f}" for r in found)
+        print(
+            f"| {attention} | {seq} | {batch} | {batch * seq / ms * 1e3:,.0f} | {ms:.1f} | {ratio} | {over} | "
+            f"{peak:.2f} | {each} |",
+            flush=True,
+        )
     if profiles:
         print(f"\nProfile of {PROFILED_STEPS} more steps per row (kernel device time per step):")
         print("\n".join(profiles), flush=True)

@@ -98,6 +98,31 @@ def test_table_sets_every_attention_against_the_zero_cost_steps(script, monkeypa
         )  # rounding
 
 
+def test_rounds_take_turns_and_the_table_gives_each_rows_median(script, monkeypatch, capsys):
+    """With ``--rounds`` every row is measured that many times, one round of every row after another, and the
+    table gives the median step of each row, every round's step and the floors' columns from the medians."""
+    steps = {"zero_cost": [10.0, 30.0, 11.0], "lln": [20.0, 50.0, 22.0]}
+    calls = []
+
+    def fake_measure(accelerator, args, tokenizer, attention, seq, batch, profile=False):
+        calls.append((attention, profile))
+        ms = steps[attention][sum(1 for name, _ in calls if name == attention) - 1]
+        return {"tokens_per_second": 0.0, "ms_per_step": ms, "peak_gib": float(ms), "profile": []}
+
+    monkeypatch.setattr(script, "measure", fake_measure)
+    argv = [*TINY_TABLE, "--attn_implementations", "lln", "zero_cost", "--rounds", "3", "--profile"]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    # the rows take turns, the floor first; only the first round is profiled
+    assert calls == [("zero_cost", True), ("lln", True)] + [("zero_cost", False), ("lln", False)] * 2
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = {cells[0].strip(): [cell.strip() for cell in cells] for cells in rows[1:]}
+    assert rows["zero_cost"][4] == "11.0" and rows["lln"][4] == "22.0"
+    assert rows["lln"][5] == "2.00"
+    assert rows["lln"][7] == "50.00"  # the largest peak of the rounds
+    assert rows["lln"][8] == "20.0, 50.0, 22.0"
+
+
 def test_the_timed_step_is_run_mlms_training_step(script, monkeypatch, capsys, tmp_path):
     """Both scripts reach ``hf_lln.recipes.training.loop.training_step`` with the MLM objective's loss and clipping."""
     assert script.training_step is hf_lln.recipes.training.loop.training_step
