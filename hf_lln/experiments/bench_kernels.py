@@ -41,8 +41,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SETTINGS = {
     "default": {},
     "programs_per_sm=4": {"programs_per_sm": 4},
-    # sequences always shared out, one program per row tile (atomic sums, zero fills, no prologue or unsplit
-    # backward kernel): without the programs_per_sm part, large batches still got one program per (batch, head)
+    # sequences always shared out, one program per row tile (atomic sums, zero fills, no prologue or
+    # unsplit backward kernel): without the programs_per_sm part, large batches still got one program per
+    # (batch, head)
     "always_split": {"unsplit_programs_per_sm": 2**31, "programs_per_sm": 2**20},
     "warps=8": {"num_warps": 8},
     "stats_warps=4": {"num_warps_stats": 4},
@@ -52,7 +53,8 @@ SETTINGS = {
     "backward_stages=3": {"num_stages_backward": 3},  # the query pass as before Triton 3.8 made it spill
     "diag_warps=8": {"num_warps_diag": 8},
     "diag_backward_warps=8": {"num_warps_diag_backward": 8},
-    # output-pass programs that cover several row tiles each load the (head_dim, v_dim) state once for all of them
+    # output-pass programs that cover several row tiles each load the (head_dim, v_dim) state once for all
+    # of them
     "output_tiles=2": {"output_tiles_per_program": 2},
     "output_tiles=8": {"output_tiles_per_program": 8},
 }

@@ -42,9 +42,9 @@ FLOAT_SCALARS = {
 def kernel_specs(
     dtype: str, head_dim: int, block: int, dropout: bool = True
 ) -> list[tuple[str, dict, int, int]]:
-    """(kernel, constexprs, warps, stages) as the launchers run them for a masked LLN+Diag call with learnable mix
-    weights (``WEIGHTED``; the average mix's passes are the same without the weights) and its block passes with
-    attention ``dropout``, as in training, and for a masked cheap linear attention call; passes
+    """(kernel, constexprs, warps, stages) as the launchers run them for a masked LLN+Diag call with learnable
+    mix weights (``WEIGHTED``; the average mix's passes are the same without the weights) and its block passes
+    with attention ``dropout``, as in training, and for a masked cheap linear attention call; passes
     that reduce over the sequence in both forms (``ATOMIC``: several programs per (batch, head), or one)."""
     plan, half, stages = functions.launch_plan(head_dim, head_dim), dtype != "fp32", functions.PIPELINE_STAGES
     dims, row = {"D": head_dim, "DV": head_dim}, plan.rows

@@ -27,8 +27,15 @@ MAX_FLOAT32_DIM = 64
 MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 STATS_MODES = ("per_sequence", "global")
 VARIANTS = ("lln", "lln_diag", "cheap_linear")
-# The dropout generator counts (query row, key column) in 32 bits: row * block_size + column.
+# The dropout generator counts in 32 bits: row * register_block(block_size) / 4 + column / 4
+# (kernels._dropout_keep).
 MAX_DROPOUT_COUNTER = 2**31
+
+
+def register_block(rows: int) -> int:
+    """The power-of-two width, at least 16, of the register tiles that hold ``rows`` rows (a diagonal
+    block's)."""
+    return max(16, 1 << (rows - 1).bit_length())
 
 
 # Looked up once, when the package is imported: torch.compile cannot trace importlib.
@@ -119,9 +126,7 @@ def _unsupported_block(dtype, block_size) -> str | None:
 def _unsupported_dropout(dropout_p, seq, block_size) -> str | None:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         return f"dropout_p must be a number in [0, 1), got {dropout_p!r}"
-    # the keep mask's Philox counters per row: a quarter of the block's power-of-two register width
-    # (``kernels._dropout_keep``)
-    counters = max(16, 1 << (block_size - 1).bit_length()) // 4
+    counters = register_block(block_size) // 4  # the keep mask's Philox counters per row
     if dropout_p > 0.0 and seq * counters >= MAX_DROPOUT_COUNTER:
         return (
             f"dropout needs seq * {counters} < 2**31 ({counters} Philox counters per row for block_size "

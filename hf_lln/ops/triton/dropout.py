@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from hf_lln.ops.triton import kernels
+from hf_lln.ops.triton import kernels, register_block
 
 # Seeds below 2**62 leave room for ``seed + batch * heads`` in the kernels' signed 64-bit key.
 SEED_BOUND = 2**62
@@ -29,7 +29,7 @@ def block_keep(
     """``(batch * heads, seq, block_size)`` bool: entry ``[bh, i, j]`` keeps query i's probability for
     key ``(i // block_size) * block_size + j`` (False past the end of the sequence)."""
     keep = torch.zeros(batch_heads, seq, block_size, dtype=torch.uint8, device=seed.device)
-    block = max(16, triton.next_power_of_2(block_size))
+    block = register_block(block_size)
     kernels.dropout_keep_kernel[(triton.cdiv(seq, block_size), batch_heads)](
         seed, keep, seq, block_size, float(dropout_p), BLOCK=block
     )

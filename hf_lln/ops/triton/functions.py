@@ -30,7 +30,7 @@ import torch
 import triton
 
 from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
-from hf_lln.ops.triton import kernels
+from hf_lln.ops.triton import kernels, register_block
 from hf_lln.ops.triton.dropout import draw_seed
 
 # Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills up to head
@@ -39,8 +39,9 @@ from hf_lln.ops.triton.dropout import draw_seed
 ROW_BLOCK = 32
 WIDE_ROW_BLOCK = 16
 # The prologue (statistics, scales and state in one program per (batch, head)) keeps seven per-row-slot
-# accumulators: 16-row tiles at 8 warps take 80 registers at head size 64 (32-row tiles 138), three programs per
-# SM instead of one; at 4 warps (``LaunchConfig.num_warps_prologue``) 131, still three, and faster on an H200.
+# accumulators: 16-row tiles at 8 warps take 80 registers at head size 64 (32-row tiles 138), three programs
+# per SM instead of one; at 4 warps (``LaunchConfig.num_warps_prologue``) 131, still three, and faster on an
+# H200.
 PROLOGUE_ROW_BLOCK = 16
 PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
@@ -64,9 +65,9 @@ class LaunchConfig:
     # Two, not three, loads in flight in the LLN query pass: with three, Triton 3.8 spills 224 bytes at head
     # size 64 (255 registers); with two it uses 252 and spills none, still two 4-warp programs per SM.
     num_stages_backward: int = 2
-    # The whole LLN backward of one (batch, head) (``lln_backward_unsplit_kernel``) holds the state and its gradient
-    # at once: at 4 warps it spills 104 bytes (head size 64), at 8 it spills none, yet on an H200 it took 0.84 ms a
-    # call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
+    # The whole LLN backward of one (batch, head) (``lln_backward_unsplit_kernel``) holds the state and its
+    # gradient at once: at 4 warps it spills 104 bytes (head size 64), at 8 it spills none, yet on an H200 it
+    # took 0.84 ms a call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
     num_warps_backward_unsplit: int = 4
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
@@ -285,7 +286,7 @@ def block_backward_stages(plan: LaunchPlan, block: int) -> int:
 def _row_tile(block_size: int | None, plan: LaunchPlan) -> tuple[int, int]:
     """(rows per tile, its power-of-two register block): one diagonal block, or ``plan.rows`` rows for LLN."""
     tile = plan.rows if block_size is None else block_size
-    return tile, max(16, triton.next_power_of_2(tile))
+    return tile, register_block(tile)
 
 
 # The passes run behind two entry points that share ``_lln_forward`` / ``_lln_backward``: in eager mode an
