@@ -31,6 +31,7 @@ from hf_lln.ops.triton.functions import (
     launch_plan,
 )
 from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows, _reduce_out
+from hf_lln.ops.triton.launch import launch
 
 
 @triton.jit
@@ -185,7 +186,7 @@ def _state(k, v, mask, plan):
     buffer = allocate(bh * (head_dim * v_dim + 1), dtype=torch.float32, device=k.device)
     state, count = _split_state(buffer, bh, head_dim, v_dim)
     mask_arg, stride_mb = _mask_args(mask, k)
-    cheap_state_kernel[(chunks, bh)](
+    launch(cheap_state_kernel, (chunks, bh),
         k, v, mask_arg, state, count,
         *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, per_program,
@@ -208,7 +209,7 @@ def _cheap_forward(q, k, v, mask, scale):
     out = _empty_like_layout(q, v_dim)
     num_tiles = triton.cdiv(seq, plan.rows)
     per_program = min(num_tiles, functions.launch_config.output_tiles_per_program)
-    cheap_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+    launch(cheap_output_kernel, (triton.cdiv(num_tiles, per_program), batch * heads),
         q, out, state, count,
         *_bhs_strides(q), *_bhs_strides(out),
         heads, seq, per_program, scale,
@@ -233,7 +234,7 @@ def _cheap_backward(grad, q, k, v, mask, scale):
     )
     per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), q.device)
     d_state = torch.zeros_like(state) if chunks > 1 else torch.empty_like(state)
-    cheap_backward_query_kernel[(chunks, batch * heads)](
+    launch(cheap_backward_query_kernel, (chunks, batch * heads),
         q, grad, dq, state, count, d_state,
         *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
         heads, seq, per_program, scale,
@@ -241,7 +242,7 @@ def _cheap_backward(grad, q, k, v, mask, scale):
         num_warps=plan.warps_query,
     )  # fmt: skip
     mask_arg, stride_mb = _mask_args(mask, q)
-    cheap_backward_key_kernel[(triton.cdiv(seq, plan.rows), batch * heads)](
+    launch(cheap_backward_key_kernel, (triton.cdiv(seq, plan.rows), batch * heads),
         k, v, mask_arg, dk, dv, d_state,
         *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
         heads, seq,

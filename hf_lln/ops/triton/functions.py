@@ -16,6 +16,9 @@ fills, the statistics, scales and state passes run as one ``lln_prologue_kernel`
 key passes of the backward as one ``lln_backward_unsplit_kernel``. Fewer launches per call: at 512 tokens an
 LLN forward+backward is three launches, LLN + Diag's four and a seed draw (docs/kernels.md).
 
+Launches go through ``launch.launch``, which calls Triton's compiled kernel directly after a specialisation's first
+launch (about a quarter of Triton's host time per launch).
+
 Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
 last stride other than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they
 belong to, so Transformers' ``(batch, seq, heads, dim)`` views cost no copy in either direction.
@@ -32,6 +35,7 @@ import triton
 from hf_lln.ops.moments import MIN_STD, lln_feature_scales, moment_constants
 from hf_lln.ops.triton import kernels, register_block
 from hf_lln.ops.triton.dropout import draw_seed
+from hf_lln.ops.triton.launch import launch
 
 # Rows per tile of the passes over tokens: 32-row tiles keep every row pass free of spills up to head
 # size 64 (64-row tiles needed 255 registers and spilled in the backward); 128-wide heads hold four
@@ -134,7 +138,7 @@ def _split(batch_heads: int, num_tiles: int, device: torch.device) -> tuple[int,
 
 
 def _bhs_strides(x: torch.Tensor) -> tuple[int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2)
+    return x.stride()[:3]
 
 
 def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +149,9 @@ def _empty_like_layout(x: torch.Tensor, last: int) -> torch.Tensor:
     """Dense ``(batch, heads, seq, last)`` with x's leading dims in x's memory order (largest stride
     outermost), so an output or gradient of a ``(batch, seq, heads, dim)`` view, or of a slice of one, is
     such a view too: autograd then hands it on (and a leaf keeps it as ``.grad``) without a copy."""
-    order = sorted(range(3), key=lambda d: -x.stride(d))
-    shape = [x.shape[d] for d in order] + [last]
+    strides, sizes = x.stride(), x.shape
+    order = sorted(range(3), key=lambda d: -strides[d])
+    shape = (sizes[order[0]], sizes[order[1]], sizes[order[2]], last)
     return torch.empty(shape, dtype=x.dtype, device=x.device).permute(*[order.index(d) for d in range(3)], 3)
 
 
@@ -170,7 +175,7 @@ def feature_scales(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, *, stats: str, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One float32 buffer ``(batch * heads * (2 + head_dim),)`` holding alpha, beta: (batch * heads,) and the
-    shift M_c: (batch * heads, head_dim) (``split_scale_terms`` views them).
+    shift M_c: (batch * heads, head_dim), in that order (``split_scale_terms``).
 
     Statistics as ``hf_lln.ops.moments.query_key_std``: "per_sequence" over real tokens (finished by
     ``lln_scales_kernel``, one launch instead of some forty small host ops), "global" over the whole
@@ -184,7 +189,7 @@ def feature_scales(
     k_max = torch.empty(batch * heads, chunks, head_dim, dtype=torch.float32, device=q.device)
     k_min = torch.empty_like(k_max)
     mask_arg, stride_mb = _mask_args(mask, q)
-    kernels.lln_stats_kernel[(chunks, batch * heads)](
+    launch(kernels.lln_stats_kernel, (chunks, batch * heads),
         q, k, mask_arg, moments, k_max, k_min,
         *_bhs_strides(q), *_bhs_strides(k), stride_mb,
         heads, seq, per_program, chunks,
@@ -193,8 +198,9 @@ def feature_scales(
     )  # fmt: skip
     if stats == "per_sequence":
         a, b = moment_constants(head_dim)
-        scale_terms, alpha, beta, shift = _scale_terms_buffer(batch * heads, head_dim, q.device)
-        kernels.lln_scales_kernel[(batch * heads,)](
+        scale_terms = torch.empty(batch * heads * (2 + head_dim), dtype=torch.float32, device=q.device)
+        alpha, beta, shift = split_scale_terms(scale_terms, batch * heads)
+        launch(kernels.lln_scales_kernel, (batch * heads,),
             moments, k_max, k_min, alpha, beta, shift,
             chunks, head_dim * scale**2, a, b, MIN_STD,
             D=head_dim, num_warps=1,
@@ -214,39 +220,34 @@ def feature_scales(
     return torch.cat([alpha, beta, shift.reshape(-1)])
 
 
-def split_scale_terms(scale_terms: torch.Tensor, bh: int, head_dim: int):
-    """Views ``alpha, beta: (bh,)`` and ``shift: (bh, head_dim)`` of ``feature_scales``'s buffer."""
-    return scale_terms[:bh], scale_terms[bh : 2 * bh], scale_terms[2 * bh :].view(bh, head_dim)
+def split_scale_terms(scale_terms: torch.Tensor, bh: int):
+    """``alpha, beta, shift`` of ``feature_scales``'s buffer as the kernels take them: the buffer from each term's
+    first element on (``alpha: (bh,)``, ``beta: (bh,)``, ``shift: (bh, head_dim)``, stored in that order). The
+    kernels index them through pointers, so a slice each is enough: views of each term's shape would cost the
+    host more tensor operations per call."""
+    return scale_terms, scale_terms[bh:], scale_terms[2 * bh :]
 
 
 def split_state(buffer: torch.Tensor, bh: int, head_dim: int, v_dim: int):
-    """Views ``state: (bh, head_dim, v_dim)`` and ``norm: (bh, head_dim)`` of ``_state``'s buffer."""
-    return buffer[: bh * head_dim * v_dim].view(bh, head_dim, v_dim), buffer[bh * head_dim * v_dim :].view(
-        bh, head_dim
-    )
+    """``state: (bh, head_dim, v_dim)`` and ``norm: (bh, head_dim)`` of ``_state``'s buffer, as
+    ``split_scale_terms`` gives its terms: the buffer from each one's first element on."""
+    return buffer, buffer[bh * head_dim * v_dim :]
 
 
-def _scale_terms_buffer(bh: int, head_dim: int, device: torch.device):
-    """A new ``feature_scales`` buffer and its ``split_scale_terms`` views: ``(buffer, alpha, beta, shift)``."""
-    buffer = torch.empty(bh * (2 + head_dim), dtype=torch.float32, device=device)
-    return buffer, *split_scale_terms(buffer, bh, head_dim)
-
-
-def _state_buffer(bh: int, head_dim: int, v_dim: int, device: torch.device, *, atomic: bool):
-    """A new ``_state`` buffer and its ``split_state`` views: ``(buffer, state, norm)``, zero-filled where several
-    programs add into it (``atomic``)."""
+def _state_buffer(bh: int, head_dim: int, v_dim: int, device: torch.device, *, atomic: bool) -> torch.Tensor:
+    """A new ``_state`` buffer, zero-filled where several programs add into it (``atomic``)."""
     allocate = torch.zeros if atomic else torch.empty
-    buffer = allocate(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=device)
-    return buffer, *split_state(buffer, bh, head_dim, v_dim)
+    return allocate(bh * head_dim * (v_dim + 1), dtype=torch.float32, device=device)
 
 
 def _state(k, v, mask, beta, shift, plan):
     batch, heads, seq, head_dim = k.shape
     v_dim = v.shape[-1]
     per_program, chunks = _split(batch * heads, triton.cdiv(seq, plan.rows), k.device)
-    buffer, state, norm = _state_buffer(batch * heads, head_dim, v_dim, k.device, atomic=chunks > 1)
+    buffer = _state_buffer(batch * heads, head_dim, v_dim, k.device, atomic=chunks > 1)
+    state, norm = split_state(buffer, batch * heads, head_dim, v_dim)
     mask_arg, stride_mb = _mask_args(mask, k)
-    kernels.lln_state_kernel[(chunks, batch * heads)](
+    launch(kernels.lln_state_kernel, (chunks, batch * heads),
         k, v, mask_arg, beta, shift, state, norm,
         *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, per_program,
@@ -256,21 +257,23 @@ def _state(k, v, mask, beta, shift, plan):
     return buffer
 
 
-def _prologue(q, k, v, mask, scale, plan):
+def _prologue(q, k, v, mask_arg, stride_mb, has_mask, scale, plan):
     """``(scale_terms, buffer)`` as ``feature_scales`` (per-sequence) and ``_state`` give them, from one
-    ``lln_prologue_kernel`` launch; for calls that ``_split`` gives one program per (batch, head)."""
+    ``lln_prologue_kernel`` launch; for calls that ``_split`` gives one program per (batch, head). ``mask_arg,
+    stride_mb`` as ``_mask_args`` gives them: the caller's output pass reads the same."""
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
     bh = batch * heads
-    scale_terms, alpha, beta, shift = _scale_terms_buffer(bh, head_dim, q.device)
-    buffer, state, norm = _state_buffer(bh, head_dim, v_dim, q.device, atomic=False)
+    scale_terms = torch.empty(bh * (2 + head_dim), dtype=torch.float32, device=q.device)
+    alpha, beta, shift = split_scale_terms(scale_terms, bh)
+    buffer = _state_buffer(bh, head_dim, v_dim, q.device, atomic=False)
+    state, norm = split_state(buffer, bh, head_dim, v_dim)
     a, b = moment_constants(head_dim)
-    mask_arg, stride_mb = _mask_args(mask, q)
-    kernels.lln_prologue_kernel[(bh,)](
+    launch(kernels.lln_prologue_kernel, (bh,),
         q, k, v, mask_arg, alpha, beta, shift, state, norm,
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), stride_mb,
         heads, seq, triton.cdiv(seq, PROLOGUE_ROW_BLOCK), head_dim * scale**2, a, b, MIN_STD,
-        D=head_dim, DV=v_dim, BLOCK=PROLOGUE_ROW_BLOCK, HAS_MASK=mask is not None, HALF=q.dtype != torch.float32,
+        D=head_dim, DV=v_dim, BLOCK=PROLOGUE_ROW_BLOCK, HAS_MASK=has_mask, HALF=q.dtype != torch.float32,
         num_warps=plan.warps_prologue,
     )  # fmt: skip
     return scale_terms, buffer
@@ -302,26 +305,27 @@ def _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, sta
     bh = batch * heads
     plan = launch_plan(head_dim, v_dim)
     _, chunks = _split(bh, triton.cdiv(seq, plan.rows), q.device)
+    mask_arg, stride_mb = _mask_args(mask, q)
+    has_mask = mask is not None
     if stats == "per_sequence" and chunks == 1:
-        scale_terms, buffer = _prologue(q, k, v, mask, scale, plan)
-        alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
+        scale_terms, buffer = _prologue(q, k, v, mask_arg, stride_mb, has_mask, scale, plan)
+        alpha, beta, shift = split_scale_terms(scale_terms, bh)
     else:
         scale_terms = feature_scales(q, k, mask, stats=stats, scale=scale)
-        alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
+        alpha, beta, shift = split_scale_terms(scale_terms, bh)
         buffer = _state(k, v, mask, beta, shift, plan)
     state, norm = split_state(buffer, bh, head_dim, v_dim)
     out = _empty_like_layout(q, v_dim)
     tile, block = _row_tile(block_size, plan)
     num_tiles = triton.cdiv(seq, tile)
     per_program = min(num_tiles, launch_config.output_tiles_per_program)
-    mask_arg, stride_mb = _mask_args(mask, q)
     has_diag = block_size is not None
-    kernels.lln_output_kernel[(triton.cdiv(num_tiles, per_program), batch * heads)](
+    launch(kernels.lln_output_kernel, (triton.cdiv(num_tiles, per_program), batch * heads),
         q, k, v, mask_arg, out, alpha, shift, state, norm,
         alpha if w_lln is None else w_lln, alpha if w_diag is None else w_diag, alpha if seed is None else seed,
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), stride_mb,
         heads, seq, tile, per_program, scale * 1.4426950408889634, eps, dropout_p,
-        D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, HAS_DIAG=has_diag,
+        D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=has_mask, HAS_DIAG=has_diag,
         WEIGHTED=w_lln is not None, HALF=q.dtype != torch.float32, DROPOUT=seed is not None,
         num_warps=plan.warps_diag if has_diag else plan.warps,
         num_stages=plan.stages_diag if has_diag else PIPELINE_STAGES,
@@ -338,9 +342,9 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
     batch, heads, seq, head_dim = q.shape
     v_dim = v.shape[-1]
     bh = batch * heads
-    alpha, beta, shift = split_scale_terms(scale_terms, bh, head_dim)
+    alpha, beta, shift = split_scale_terms(scale_terms, bh)
     plan = launch_plan(head_dim, v_dim)
-    has_diag, weighted = block_size is not None, w_lln is not None
+    has_diag, weighted, has_mask = block_size is not None, w_lln is not None, mask is not None
     grad = _unit_last_stride(grad)
     dq, dk, dv = (
         _empty_like_layout(q, head_dim),
@@ -354,29 +358,31 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
     # registers) and, for LLN + Diag's learnable mixes, d w_lln and d w_diag (summed over the batch, so always
     # atomically): empty, and no fill, for one program per (batch, head) without mix weights.
     state_size = 0 if unsplit else bh * head_dim * (v_dim + 1)
-    weight_size = heads * v_dim if weighted else 0
-    scratch = torch.zeros(state_size + 2 * weight_size, dtype=torch.float32, device=q.device)
-    d_weights = scratch[state_size:].view(2, heads, v_dim if weighted else 0)
-    d_w_lln, d_w_diag = d_weights
+    if weighted:
+        scratch = torch.zeros(state_size + 2 * heads * v_dim, dtype=torch.float32, device=q.device)
+        d_weights = scratch[state_size:].view(2, heads, v_dim)
+        d_w_lln, d_w_diag = d_weights
+    else:
+        scratch = torch.zeros(state_size, dtype=torch.float32, device=q.device) if state_size else None
+        d_weights = torch.empty(2, heads, 0, dtype=torch.float32, device=q.device)
+        d_w_lln = d_w_diag = alpha  # unread placeholders (WEIGHTED off)
     mask_arg, stride_mb = _mask_args(mask, q)
     half = q.dtype != torch.float32
     if unsplit:
-        kernels.lln_backward_unsplit_kernel[(bh,)](
-            q, k, v, mask_arg, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha,
-            d_w_lln if weighted else alpha,
+        launch(kernels.lln_backward_unsplit_kernel, (bh,),
+            q, k, v, mask_arg, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha, d_w_lln,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
             *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
             heads, seq, num_tiles, eps,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, HAS_DIAG=has_diag, WEIGHTED=weighted,
-            HALF=half,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=has_mask, HAS_DIAG=has_diag, WEIGHTED=weighted, HALF=half,
             num_warps=plan.warps_backward_unsplit, num_stages=plan.stages_query,
         )  # fmt: skip
     else:
         state, norm = split_state(_state(k, v, mask, beta, shift, plan), bh, head_dim, v_dim)
         d_state, d_norm = split_state(scratch[:state_size], bh, head_dim, v_dim)
-        kernels.lln_backward_query_kernel[(chunks, bh)](
+        launch(kernels.lln_backward_query_kernel, (chunks, bh),
             q, grad, dq, alpha, shift, state, norm, w_lln if weighted else alpha,
-            d_state, d_norm, d_w_lln if weighted else alpha,
+            d_state, d_norm, d_w_lln,
             *_bhs_strides(q), *_bhs_strides(grad), *_bhs_strides(dq),
             heads, seq, per_program, eps,
             D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_DIAG=has_diag, WEIGHTED=weighted, HALF=half, ATOMIC=True,
@@ -385,22 +391,22 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
     if has_diag:
         tile, block = _row_tile(block_size, plan)
         per_program, chunks = _split(bh, triton.cdiv(seq, tile), q.device)
-        kernels.lln_backward_block_kernel[(chunks, bh)](
-            q, k, v, mask_arg, grad, dq, dk, dv, w_diag if weighted else alpha, d_w_diag if weighted else alpha,
+        launch(kernels.lln_backward_block_kernel, (chunks, bh),
+            q, k, v, mask_arg, grad, dq, dk, dv, w_diag if weighted else alpha, d_w_diag,
             alpha if seed is None else seed,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
             *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
             heads, seq, tile, per_program, scale, dropout_p,
-            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=mask is not None, WEIGHTED=weighted, HALF=half,
+            D=head_dim, DV=v_dim, BLOCK=block, HAS_MASK=has_mask, WEIGHTED=weighted, HALF=half,
             DROPOUT=seed is not None, ADD_KEYS=unsplit,
             num_warps=plan.warps_diag_backward, num_stages=block_backward_stages(plan, block),
         )  # fmt: skip
     if not unsplit:
-        kernels.lln_backward_key_kernel[(num_tiles, bh)](
+        launch(kernels.lln_backward_key_kernel, (num_tiles, bh),
             k, v, mask_arg, dk, dv, beta, shift, d_state, d_norm,
             *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
             heads, seq,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=mask is not None, ACCUMULATE=has_diag, HALF=half,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=has_mask, ACCUMULATE=has_diag, HALF=half,
             num_warps=plan.warps,
         )  # fmt: skip
     return dq, dk, dv, d_weights
