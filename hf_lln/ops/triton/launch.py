@@ -87,7 +87,7 @@ def _constexpr_tail(kernel: JITFunction, args: tuple, meta: dict) -> tuple | Non
 
 def _first_launch(kernel, launches: _KernelLaunches, key, grid, args, meta) -> None:
     compiled = kernel[grid](*args, **meta)
-    if launches.tensor_count is None or key is None:
+    if launches.tensor_count is None:
         return
     tail = _constexpr_tail(kernel, args, meta)
     if tail is None or not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")):
@@ -100,7 +100,12 @@ def _first_launch(kernel, launches: _KernelLaunches, key, grid, args, meta) -> N
 
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     """``kernel[grid](*args, **meta)`` with tensors first in ``args``; see the module docstring."""
-    if knobs is None or not isinstance(kernel, JITFunction) or kernel.pre_run_hooks or _hooks_active():
+    if (
+        knobs is None
+        or not isinstance(kernel, JITFunction)
+        or getattr(kernel, "pre_run_hooks", None)
+        or _hooks_active()
+    ):
         kernel[grid](*args, **meta)
         return
     launches = _kernels.get(kernel)
