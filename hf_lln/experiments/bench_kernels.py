@@ -49,6 +49,7 @@ SETTINGS = {
     "stats_warps=4": {"num_warps_stats": 4},
     "prologue_warps=8": {"num_warps_prologue": 8},
     "unsplit_backward_warps=8": {"num_warps_backward_unsplit": 8},
+    "unsplit_backward_rows=16": {"backward_unsplit_rows": 16},
     "backward_warps=8": {"num_warps_backward": 8},
     "backward_stages=3": {"num_stages_backward": 3},  # the query pass as before Triton 3.8 made it spill
     "diag_warps=8": {"num_warps_diag": 8},

@@ -56,7 +56,7 @@ def kernel_specs(
         ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag, plan.stages_diag),
         ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "ATOMIC": True}, plan.warps_query, plan.stages_query),
         ("lln_backward_query_kernel", {**dims, "BLOCK": row, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "ATOMIC": False}, plan.warps_query, plan.stages_query),
-        ("lln_backward_unsplit_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half}, plan.warps_backward_unsplit, plan.stages_query),
+        ("lln_backward_unsplit_kernel", {**dims, "BLOCK": plan.rows_backward_unsplit, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half}, plan.warps_backward_unsplit, plan.stages_query),
         ("lln_backward_block_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "WEIGHTED": True, "HALF": half, "DROPOUT": dropout, "ADD_KEYS": True}, plan.warps_diag_backward, functions.block_backward_stages(plan, block)),
         ("lln_backward_key_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "ACCUMULATE": True, "HALF": half}, plan.warps, stages),
         ("cheap_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half, "ATOMIC": True}, plan.warps, stages),

@@ -73,6 +73,9 @@ class LaunchConfig:
     # gradient at once: at 4 warps it spills 104 bytes (head size 64), at 8 it spills none, yet on an H200 it
     # took 0.84 ms a call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
     num_warps_backward_unsplit: int = 4
+    # Rows per tile of that kernel at head sizes up to 64 (wider heads take ``WIDE_ROW_BLOCK``): the prologue, which
+    # also holds a (head_dim, v_dim) sum, runs best at 16 (three programs per SM instead of one).
+    backward_unsplit_rows: int = ROW_BLOCK
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
     num_warps_wide: int = 8  # every pass when head_dim or v_dim is 128
@@ -91,6 +94,7 @@ class LaunchPlan:
     warps_prologue: int
     warps_query: int  # the LLN query pass of the backward
     warps_backward_unsplit: int  # the whole LLN backward in one program per (batch, head)
+    rows_backward_unsplit: int  # its rows per tile
     warps_diag: int  # the forward output pass with the block softmax
     warps_diag_backward: int
     stages_diag: int  # loads in flight in the two diagonal-block passes
@@ -103,7 +107,9 @@ def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
     if max(head_dim, v_dim) > 64:
         wide = c.num_warps_wide
         # one stage: multi-buffered 128x128 tiles of the block passes need up to 416 KiB of shared memory
-        return LaunchPlan(WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, wide, wide, stages_diag=1)
+        return LaunchPlan(
+            WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, WIDE_ROW_BLOCK, wide, wide, stages_diag=1
+        )
     return LaunchPlan(
         ROW_BLOCK,
         c.num_warps,
@@ -111,6 +117,7 @@ def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
         c.num_warps_prologue,
         c.num_warps_backward,
         c.num_warps_backward_unsplit,
+        c.backward_unsplit_rows,
         c.num_warps_diag,
         c.num_warps_diag_backward,
         stages_diag=PIPELINE_STAGES,
@@ -373,9 +380,9 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
             q, k, v, mask_arg, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha, d_w_lln,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
             *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
-            heads, seq, num_tiles, eps,
-            D=head_dim, DV=v_dim, BLOCK=plan.rows, HAS_MASK=has_mask, HAS_DIAG=has_diag, WEIGHTED=weighted, HALF=half,
-            num_warps=plan.warps_backward_unsplit, num_stages=plan.stages_query,
+            heads, seq, triton.cdiv(seq, plan.rows_backward_unsplit), eps,
+            D=head_dim, DV=v_dim, BLOCK=plan.rows_backward_unsplit, HAS_MASK=has_mask, HAS_DIAG=has_diag,
+            WEIGHTED=weighted, HALF=half, num_warps=plan.warps_backward_unsplit, num_stages=plan.stages_query,
         )  # fmt: skip
     else:
         state, norm = split_state(_state(k, v, mask, beta, shift, plan), bh, head_dim, v_dim)
