@@ -73,8 +73,8 @@ class LaunchConfig:
     # gradient at once: at 4 warps it spills 104 bytes (head size 64), at 8 it spills none, yet on an H200 it
     # took 0.84 ms a call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
     num_warps_backward_unsplit: int = 4
-    # Rows per tile of that kernel at head sizes up to 64 (wider heads take ``WIDE_ROW_BLOCK``): the prologue, which
-    # also holds a (head_dim, v_dim) sum, runs best at 16 (three programs per SM instead of one).
+    # Rows per tile of that kernel at head sizes up to 64 (wider heads take ``WIDE_ROW_BLOCK``): at 16 ptxas gives it
+    # 226 registers and no spill at 4 warps (sm_90, bf16, head size 64), not yet timed against 32's (docs/kernels.md)
     backward_unsplit_rows: int = ROW_BLOCK
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
