@@ -106,6 +106,14 @@ def test_new_data_of_the_same_layout_launches_directly(toy):
     assert calls[1][1][9:11] == (x, y)
 
 
+def test_a_call_without_a_tensor_where_the_first_had_one_goes_through_triton(toy):
+    kernel, calls = toy
+    x, y = torch.zeros(64), torch.zeros(64)
+    launch_module.launch(kernel, (1,), x, y, 64, 0.5, BLOCK=16)
+    launch_module.launch(kernel, (1,), x, None, 64, 0.5, BLOCK=16)
+    assert _paths(calls) == ["triton", "triton"]
+
+
 def test_launch_hooks_keep_every_launch_on_triton_path(toy, monkeypatch):
     kernel, calls = toy
     x, y = torch.zeros(64), torch.zeros(64)

@@ -363,7 +363,7 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
     unsplit = chunks == 1
     # One zero-filled float32 buffer for dS, dz where several programs add into them (one program keeps them in
     # registers) and, for LLN + Diag's learnable mixes, d w_lln and d w_diag (summed over the batch, so always
-    # atomically): empty, and no fill, for one program per (batch, head) without mix weights.
+    # atomically): none, and no fill, for one program per (batch, head) without mix weights.
     state_size = 0 if unsplit else bh * head_dim * (v_dim + 1)
     if weighted:
         scratch = torch.zeros(state_size + 2 * heads * v_dim, dtype=torch.float32, device=q.device)

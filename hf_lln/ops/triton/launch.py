@@ -119,7 +119,11 @@ def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
         kernel[grid](*args, **meta)
         return
     device = driver.active.get_current_device()
-    key = _key(device, args, launches.tensor_count, meta)
+    try:
+        key = _key(device, args, launches.tensor_count, meta)
+    except AttributeError:  # a call that passes something else where the first call passed a tensor
+        kernel[grid](*args, **meta)
+        return
     entry = launches.compiled.get(key)
     if entry is None:
         _first_launch(kernel, launches, key, grid, args, meta)
