@@ -12,7 +12,8 @@ and 16-byte alignment, and the constexprs and launch options in ``meta``. The fi
 through Triton, which compiles or loads the kernel as usual and returns it; later launches of the key call it
 directly. Triton's own path runs instead wherever the shortcut could differ from it: the interpreter
 (``TRITON_INTERPRET=1``), launch hooks (profilers), pre-run hooks, or a Triton whose compiled kernels lack the
-launcher this relies on (checked at each kernel's first launch).
+launcher this relies on (checked at each kernel's first launch). Triton's global compile options (``knobs``:
+debug, instrumentation) count as they stood at a key's first launch.
 
 Arguments come in the order our kernels declare them: tensors first, then scalars (integers and floats), then
 constexprs by keyword.
