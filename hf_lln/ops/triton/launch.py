@@ -88,8 +88,6 @@ def _constexpr_tail(kernel: JITFunction, args: tuple, meta: dict) -> tuple | Non
 
 def _first_launch(kernel, launches: _KernelLaunches, key, grid, args, meta) -> None:
     compiled = kernel[grid](*args, **meta)
-    if launches.tensor_count is None:
-        return
     tail = _constexpr_tail(kernel, args, meta)
     if tail is None or not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")):
         launches.tensor_count = None  # this kernel always goes through Triton's path
