@@ -1,4 +1,5 @@
-"""Fused LLN / LLN+Diag / cheap linear kernels against SDPA (flash) and the PyTorch paths, with the memory floor.
+"""Fused LLN / LLN+Diag / cheap linear kernels against SDPA (its FlashAttention and cuDNN backends) and the PyTorch
+paths, with the memory floor.
 
 Checks the kernels first (poisoned outputs, forward and gradients against the PyTorch path in
 float64), then times forward and forward+backward at a fixed number of tokens per call
@@ -54,15 +55,17 @@ SETTINGS = {
     "backward_stages=3": {"num_stages_backward": 3},  # the query pass as before Triton 3.8 made it spill
     "diag_warps=8": {"num_warps_diag": 8},
     "diag_backward_warps=8": {"num_warps_diag_backward": 8},
-    # output-pass programs that cover several row tiles each load the (head_dim, v_dim) state once for all
-    # of them
+    # output-pass programs of calls with one program per (batch, head) cover fewer row tiles (each loads the
+    # (head_dim, v_dim) state once for all of them)
+    "output_tiles=1": {"output_tiles_per_program": 1},
     "output_tiles=2": {"output_tiles_per_program": 2},
-    "output_tiles=8": {"output_tiles_per_program": 8},
 }
 
 
-def implementations(device: torch.device) -> dict[str, object]:
-    """Name -> ``fn(q, k, v)``; the fused ones force the kernels, the torch ones the PyTorch paths."""
+def implementations(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    """Name -> ``fn(q, k, v)``; the fused ones force the kernels, the torch ones the PyTorch paths. ``sdpa_cudnn``
+    (CUDA, half precision) is the SDPA backend Transformers' ``sdpa`` runs in a BERT training step on Hopper GPUs
+    with PyTorch's default priorities, ``sdpa_flash`` the FlashAttention-2 backend."""
 
     def forced(mode, fn):
         def call(q, k, v):
@@ -71,10 +74,12 @@ def implementations(device: torch.device) -> dict[str, object]:
 
         return call
 
-    def sdpa_flash(q, k, v, dropout_p=0.0):
-        backend = torch.nn.attention.SDPBackend.FLASH_ATTENTION
+    def sdpa_on(backend, q, k, v, dropout_p=0.0):
         with torch.nn.attention.sdpa_kernel(backend) if device.type == "cuda" else contextlib.nullcontext():
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+    sdpa_flash = functools.partial(sdpa_on, torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+    sdpa_cudnn = functools.partial(sdpa_on, torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
 
     lln_diag_dropout = functools.partial(ops.lln_diag_attention, dropout_p=DROPOUT_P)
     impls = {
@@ -85,6 +90,9 @@ def implementations(device: torch.device) -> dict[str, object]:
         "torch_lln_diag_dropout": forced("torch", lln_diag_dropout),
         "torch_cheap_linear": forced("torch", ops.cheap_linear_attention),
     }
+    if device.type == "cuda" and dtype != torch.float32:
+        impls["sdpa_cudnn"] = sdpa_cudnn
+        impls["sdpa_cudnn_dropout"] = functools.partial(sdpa_cudnn, dropout_p=DROPOUT_P)
     if device.type == "cuda" and fused.is_available():
         impls["fused_lln"] = forced("triton", ops.lln_attention)
         impls["fused_lln_diag"] = forced("triton", ops.lln_diag_attention)
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     seq_lens, settings = args.seq_lengths, args.settings
     timing = Timing(warmup=3, min_repeats=10, max_repeats=100)
     bandwidth = copy_bandwidth(device, timing)
-    impls = implementations(device)
+    impls = implementations(device, dtype)
     if "fused_lln" in impls:
         for line in check_kernels(device, dtype, args.head_dim):
             print(line, flush=True)

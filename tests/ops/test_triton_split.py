@@ -25,10 +25,13 @@ from tests.ops._fused import (  # noqa: E402
 )
 from tests.ops._variants import relative_error  # noqa: E402
 
-# one program per (batch, head) whatever the GPU; or about 64 programs per SM (interpreter: 64 programs), which
-# splits the sequences of these small batches into several programs each
+# one program per (batch, head) whatever the GPU, its output pass at the default tiles per program (every tile
+# of these short sequences in one program) or at three (the last program's tiles partly past the sequence); or
+# about 64 programs per SM (interpreter: 64 programs), which splits the sequences of these small batches into
+# several programs each
 SPLITS = {
     "one_program": {"unsplit_programs_per_sm": 0},
+    "one_program_3_output_tiles": {"unsplit_programs_per_sm": 0, "output_tiles_per_program": 3},
     "one_program_16_row_backward": {"unsplit_programs_per_sm": 0, "backward_unsplit_rows": 16},
     "shared": {"unsplit_programs_per_sm": 10**9},
 }

@@ -208,7 +208,7 @@ def _cheap_forward(q, k, v, mask, scale):
     state, count = _split_state(buffer, batch * heads, head_dim, v_dim)
     out = _empty_like_layout(q, v_dim)
     num_tiles = triton.cdiv(seq, plan.rows)
-    per_program = min(num_tiles, functions.launch_config.output_tiles_per_program)
+    per_program = functions.output_tiles(batch * heads, num_tiles, q.device)
     launch(cheap_output_kernel, (triton.cdiv(num_tiles, per_program), batch * heads),
         q, out, state, count,
         *_bhs_strides(q), *_bhs_strides(out),

@@ -61,7 +61,11 @@ class LaunchConfig:
     # whole sequence and stores its sums (``_split``): four or five launches fewer per forward and backward
     # where the host's time per call decides the step (large batches of short sequences)
     unsplit_programs_per_sm: int = 4
-    output_tiles_per_program: int = 1
+    # Row tiles per program of an output pass where one program per (batch, head) covers each reduction: such a
+    # call has programs to spare, and a program that covers several tiles loads the (head_dim, v_dim) state once
+    # for all of them (H200, bf16, 65,536 tokens at seq 512: LLN+Diag's output pass 0.165 against 0.192 ms a
+    # call at one tile). Where sequences are shared out, every program is needed: one tile each.
+    output_tiles_per_program: int = 8
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
     num_warps_stats: int = 8  # the statistics pass (seven per-slot accumulators)
     num_warps_prologue: int = 4  # statistics, scales and state in one pass (16-row tiles)
@@ -74,7 +78,8 @@ class LaunchConfig:
     # took 0.84 ms a call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
     num_warps_backward_unsplit: int = 4
     # Rows per tile of that kernel at head sizes up to 64 (wider heads take ``WIDE_ROW_BLOCK``): at 16 ptxas gives it
-    # 226 registers and no spill at 4 warps (sm_90, bf16, head size 64), not yet timed against 32's (docs/kernels.md)
+    # 226 registers and no spill at 4 warps (sm_90, bf16, head size 64), yet on an H200 it took 1.07 ms a call
+    # against 32's 0.85 (docs/kernels.md)
     backward_unsplit_rows: int = ROW_BLOCK
     num_warps_diag: int = 4  # the forward output pass with the block softmax
     num_warps_diag_backward: int = 4  # the block softmax's backward pass
@@ -132,14 +137,23 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _unsplit(batch_heads: int, device: torch.device) -> bool:
+    """Whether one program per (batch, head) fills the GPU (``LaunchConfig.unsplit_programs_per_sm``)."""
+    return batch_heads >= _sm_count(device) * launch_config.unsplit_programs_per_sm
+
+
+def output_tiles(batch_heads: int, num_tiles: int, device: torch.device) -> int:
+    """Row tiles per program of an output pass over ``num_tiles`` tiles (``LaunchConfig.output_tiles_per_program``)."""
+    return min(num_tiles, launch_config.output_tiles_per_program) if _unsplit(batch_heads, device) else 1
+
+
 def _split(batch_heads: int, num_tiles: int, device: torch.device) -> tuple[int, int]:
     """(tiles per program, programs per (batch, head)) for a pass that reduces over the sequence (see
     ``LaunchConfig.unsplit_programs_per_sm``); with one program per (batch, head) its sums are stored, with
     more they are added atomically into zero-filled buffers."""
-    sms = _sm_count(device)
-    if batch_heads >= sms * launch_config.unsplit_programs_per_sm:
+    if _unsplit(batch_heads, device):
         return num_tiles, 1
-    target = sms * launch_config.programs_per_sm
+    target = _sm_count(device) * launch_config.programs_per_sm
     per_program = min(num_tiles, max(1, (batch_heads * num_tiles) // target))
     return per_program, triton.cdiv(num_tiles, per_program)
 
@@ -325,7 +339,7 @@ def _lln_forward(q, k, v, w_lln, w_diag, mask, seed, block_size, scale, eps, sta
     out = _empty_like_layout(q, v_dim)
     tile, block = _row_tile(block_size, plan)
     num_tiles = triton.cdiv(seq, tile)
-    per_program = min(num_tiles, launch_config.output_tiles_per_program)
+    per_program = output_tiles(bh, num_tiles, q.device)
     has_diag = block_size is not None
     launch(kernels.lln_output_kernel, (triton.cdiv(num_tiles, per_program), batch * heads),
         q, k, v, mask_arg, out, alpha, shift, state, norm,
