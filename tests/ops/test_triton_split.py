@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("triton")
 
 from hf_lln.ops import reference  # noqa: E402
+from hf_lln.ops.lln import lln_scales  # noqa: E402
 from hf_lln.ops.triton import functions  # noqa: E402
 from tests.ops._fused import (  # noqa: E402
     DEVICE,
@@ -111,3 +112,20 @@ def test_the_backward_rebuilds_the_state_instead_of_keeping_it(variant, split):
     state_size = 6 * 16 * 17 if variant != "cheap_linear" else 6 * (16 * 16 + 1)
     saved = [t.numel() for t in out.grad_fn.saved_tensors if t is not None]
     assert state_size not in saved
+
+
+@needs_kernels
+@pytest.mark.parametrize("stats", ["per_sequence", "global"])
+def test_statistics_of_values_far_from_zero(stats, split):
+    """Queries and keys 10^4 times their spread away from zero, where a sum of squares about zero cancels in
+    float32: the kernels' alpha and beta still match the float64 statistics of the same values."""
+    q, k, v, mask = inputs(3, 2, 100, 16, torch.float32, seed=5)
+    q, k = 300.0 + 0.03 * q, -500.0 + 0.05 * k
+    _, scale_terms = functions._lln_forward(
+        q, k, v, None, None, mask, None, None, FUSED_SCALE, 1e-6, stats, 0.0
+    )
+    want_alpha, want_beta = lln_scales(q.double(), k.double(), mask, scale=FUSED_SCALE, stats=stats)
+    got = scale_terms[: 2 * 6].view(2, 6)
+    for name, a, b in (("alpha", got[0], want_alpha), ("beta", got[1], want_beta)):
+        # the third sequence has no real token: its scales are the floor's, as the reference's
+        assert relative_error(a[:4], b.flatten()[:4].float()) < 1e-4, (name, a, b.flatten())

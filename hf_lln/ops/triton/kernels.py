@@ -93,24 +93,6 @@ def dropout_keep_kernel(SEED, KEEP, seq, tile, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _welford_step(n, mean, m2, x, ok):
-    """One element-wise Welford update of per-slot (count, mean, M2) with ``x`` where ``ok``."""
-    n = n + ok
-    delta = tl.where(ok > 0.0, x - mean, 0.0)
-    mean = mean + delta / tl.maximum(n, 1.0)
-    return n, mean, m2 + delta * (x - mean) * ok
-
-
-@triton.jit
-def _merge_slots(n, mean, m2):
-    """Chan et al.'s merge of per-row-slot (count, mean, M2) of shape (BLOCK, D) into per-channel ones."""
-    total = tl.sum(n, axis=0)
-    grand = tl.sum(n * mean, axis=0) / tl.maximum(total, 1.0)
-    centred = mean - grand[None, :]
-    return total, grand, tl.sum(m2, axis=0) + tl.sum(n * centred * centred, axis=0)
-
-
-@triton.jit
 def _reduce_out(ptr, value, ATOMIC: tl.constexpr):
     """A program's part of a sum over the sequence: added atomically when several programs share one
     (batch, head) (``ptr`` zero-filled), stored when one program covers the whole sequence."""
@@ -125,33 +107,53 @@ def _moment_tiles(
     q_base, k_base, mask_base, stride_qs, stride_ks, seq, first, num_tiles,
     D: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr, MASKED_MOMENTS: tl.constexpr,
 ):  # fmt: skip
-    """Per-row-slot Welford accumulators ``(BLOCK, D)`` over ``num_tiles`` tiles from tile ``first``:
-    (count, q mean, q M2, k mean, k M2) over real tokens with ``MASKED_MOMENTS``, else over all, and the
-    extremes of k over real tokens (k max, k min). Element-wise work only: no cross-warp reduction in the
-    loop; ``_merge_slots`` merges the slots once."""
+    """Per-channel (count, q mean, q M2, k mean, k M2) over ``num_tiles`` tiles from tile ``first``, over real
+    tokens with ``MASKED_MOMENTS``, else over all, and the extremes of k over real tokens (k max, k min): ``(D,)``
+    each.
+
+    The loop only adds, element-wise, into per-row-slot ``(BLOCK, D)`` sums of each value's deviation from a
+    reference and of its square; the slots are merged once, after it. A Welford update per element (a division
+    each) bound this pass by its arithmetic. The reference is each channel's mean over the first tile's rows, a
+    value within the data, so the sum-of-squares form does not cancel (Chan, Golub and LeVeque's shifted data)."""
     cols = tl.arange(0, D)
-    n = tl.zeros([BLOCK, D], tl.float32)
-    q_mean = tl.zeros([BLOCK, D], tl.float32)
-    q_m2 = tl.zeros([BLOCK, D], tl.float32)
-    k_mean = tl.zeros([BLOCK, D], tl.float32)
-    k_m2 = tl.zeros([BLOCK, D], tl.float32)
+    rows = first * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < seq
+    in_tile = tl.maximum(tl.sum(row_ok.to(tl.float32), axis=0), 1.0)
+    q_ref = tl.sum(_load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32), axis=0) / in_tile
+    k_ref = tl.sum(_load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32), axis=0) / in_tile
+    n = tl.zeros([BLOCK], tl.float32)
+    q_sum = tl.zeros([BLOCK, D], tl.float32)
+    q_sq = tl.zeros([BLOCK, D], tl.float32)
+    k_sum = tl.zeros([BLOCK, D], tl.float32)
+    k_sq = tl.zeros([BLOCK, D], tl.float32)
     k_max = tl.full([BLOCK, D], float("-inf"), tl.float32)
     k_min = tl.full([BLOCK, D], float("inf"), tl.float32)
     for i in range(num_tiles):
         rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < seq
-        key_ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)[:, None] & (cols[None, :] < D)
-        if MASKED_MOMENTS:
-            ok = key_ok.to(tl.float32)
-        else:
-            ok = (row_ok[:, None] & (cols[None, :] < D)).to(tl.float32)
+        key_ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)
+        ok = key_ok if MASKED_MOMENTS else row_ok
         q = _load_rows(q_base, rows, row_ok, cols, stride_qs).to(tl.float32)
         k = _load_rows(k_base, rows, row_ok, cols, stride_ks).to(tl.float32)
-        _, q_mean, q_m2 = _welford_step(n, q_mean, q_m2, q, ok)
-        n, k_mean, k_m2 = _welford_step(n, k_mean, k_m2, k, ok)
-        k_max = tl.maximum(k_max, tl.where(key_ok, k, float("-inf")))
-        k_min = tl.minimum(k_min, tl.where(key_ok, k, float("inf")))
-    return n, q_mean, q_m2, k_mean, k_m2, k_max, k_min
+        dq = tl.where(ok[:, None], q - q_ref[None, :], 0.0)
+        dk = tl.where(ok[:, None], k - k_ref[None, :], 0.0)
+        n += ok.to(tl.float32)
+        q_sum += dq
+        q_sq += dq * dq
+        k_sum += dk
+        k_sq += dk * dk
+        k_max = tl.maximum(k_max, tl.where(key_ok[:, None], k, float("-inf")))
+        k_min = tl.minimum(k_min, tl.where(key_ok[:, None], k, float("inf")))
+    count = tl.sum(n, axis=0)
+    inv = 1.0 / tl.maximum(count, 1.0)
+    q_total = tl.sum(q_sum, axis=0)
+    k_total = tl.sum(k_sum, axis=0)
+    q_m2 = tl.maximum(tl.sum(q_sq, axis=0) - q_total * q_total * inv, 0.0)
+    k_m2 = tl.maximum(tl.sum(k_sq, axis=0) - k_total * k_total * inv, 0.0)
+    counts = tl.zeros([D], tl.float32) + count
+    q_mean = q_ref + q_total * inv
+    k_mean = k_ref + k_total * inv
+    return counts, q_mean, q_m2, k_mean, k_m2, tl.max(k_max, axis=0), tl.min(k_min, axis=0)
 
 
 @triton.jit
@@ -223,22 +225,20 @@ def lln_stats_kernel(
     b = pid_bh // heads
     h = pid_bh % heads
     cols = tl.arange(0, D)
-    n, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
+    count, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
         Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh, MASK + b * stride_mb,
         stride_qs, stride_ks, seq, pid_c * tiles_per_program, tiles_per_program,
         D, BLOCK, HAS_MASK, MASKED_MOMENTS,
     )  # fmt: skip
-    count, q_grand, q_total = _merge_slots(n, q_mean, q_m2)
-    _, k_grand, k_total = _merge_slots(n, k_mean, k_m2)
     chunk = pid_bh * num_chunks + pid_c
     out = MOMENTS + chunk * 5 * D + cols
     tl.store(out, count)
-    tl.store(out + D, q_grand)
-    tl.store(out + 2 * D, q_total)
-    tl.store(out + 3 * D, k_grand)
-    tl.store(out + 4 * D, k_total)
-    tl.store(KMAX + chunk * D + cols, tl.max(k_max, axis=0))
-    tl.store(KMIN + chunk * D + cols, tl.min(k_min, axis=0))
+    tl.store(out + D, q_mean)
+    tl.store(out + 2 * D, q_m2)
+    tl.store(out + 3 * D, k_mean)
+    tl.store(out + 4 * D, k_m2)
+    tl.store(KMAX + chunk * D + cols, k_max)
+    tl.store(KMIN + chunk * D + cols, k_min)
 
 
 @triton.jit
@@ -301,15 +301,12 @@ def lln_prologue_kernel(
     mask_base = MASK + b * stride_mb
     cols = tl.arange(0, D)
     vcols = tl.arange(0, DV)
-    n, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
+    count, q_mean, q_m2, k_mean, k_m2, k_max, k_min = _moment_tiles(
         q_base, k_base, mask_base, stride_qs, stride_ks, seq, 0, num_tiles, D, BLOCK, HAS_MASK, True
     )
-    count, q_mean_c, q_m2_c = _merge_slots(n, q_mean, q_m2)
-    _, k_mean_c, k_m2_c = _merge_slots(n, k_mean, k_m2)
     alpha, beta, shift = _matched_scales(
-        count, q_mean_c, q_m2_c, k_mean_c, k_m2_c, tl.max(k_max, axis=0), tl.min(k_min, axis=0),
-        softmax_factor, const_a, const_b, min_std,
-    )  # fmt: skip
+        count, q_mean, q_m2, k_mean, k_m2, k_max, k_min, softmax_factor, const_a, const_b, min_std
+    )
     tl.store(ALPHA + pid_bh, alpha)
     tl.store(BETA + pid_bh, beta)
     tl.store(SHIFT + pid_bh * D + cols, shift)
