@@ -361,7 +361,7 @@ def _block_softmax(q, k, key_ok, scale_log2e, HALF: tl.constexpr):
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
     p = tl.exp2(s - row_max[:, None])
     total = tl.sum(p, axis=1)
-    return p / tl.where(total > 0.0, total, 1.0)[:, None]
+    return p * (1.0 / tl.where(total > 0.0, total, 1.0))[:, None]
 
 
 @triton.jit
