@@ -42,10 +42,10 @@ from hf_lln.ops.triton.launch import launch
 # times the state, so they take 16-row tiles and twice the warps. docs/kernels.md has the counts.
 ROW_BLOCK = 32
 WIDE_ROW_BLOCK = 16
-# The prologue (statistics, scales and state in one program per (batch, head)) keeps seven per-row-slot
-# accumulators: 16-row tiles at 8 warps take 80 registers at head size 64 (32-row tiles 138), three programs
-# per SM instead of one; at 4 warps (``LaunchConfig.num_warps_prologue``) 131, still three, and faster on an
-# H200.
+# The prologue (statistics, scales and state in one program per (batch, head)) keeps six per-row-slot sums and
+# the state: 16-row tiles at 4 warps (``LaunchConfig.num_warps_prologue``) take 120 registers at head size 64
+# (32-row tiles 167), at 8 warps 64 (32-row tiles 120); on an H200, 4 warps and 16 rows were the fastest of these
+# (docs/benchmark.md, fifth December run).
 PROLOGUE_ROW_BLOCK = 16
 PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
@@ -67,7 +67,7 @@ class LaunchConfig:
     # call at one tile). Where sequences are shared out, every program is needed: one tile each.
     output_tiles_per_program: int = 8
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
-    num_warps_stats: int = 8  # the statistics pass (seven per-slot accumulators)
+    num_warps_stats: int = 8  # the statistics pass (six per-slot sums)
     num_warps_prologue: int = 4  # statistics, scales and state in one pass (16-row tiles)
     num_warps_backward: int = 4  # the LLN query pass of the backward
     # Two, not three, loads in flight in the LLN query pass: with three, Triton 3.8 spills 224 bytes at head
