@@ -90,9 +90,11 @@ def test_table_sets_every_attention_against_the_zero_cost_steps(script, monkeypa
     ]  # the floors first, then in the order asked
     assert rows["zero_cost"][5].strip() == "1.00" and rows["zero_cost_qk"][6].strip() == "0.0"
     for attention in ("lln", "sdpa"):
-        ms = float(rows[attention][4])
+        ms, floor, ratio = float(rows[attention][4]), float(rows["zero_cost"][4]), float(rows[attention][5])
         assert int(rows[attention][2]) == 2 and float(rows[attention][3].replace(",", "")) > 0
-        assert float(rows[attention][5]) == pytest.approx(ms / float(rows["zero_cost"][4]), abs=0.02)
+        # the ratio comes from the unrounded times, the check from times rounded to 0.05 ms: on these tiny CPU
+        # steps (a millisecond or so) that rounding alone moves the ratio by several hundredths
+        assert ratio == pytest.approx(ms / floor, abs=0.05 * (1 + ratio) / floor + 0.005)
         assert float(rows[attention][6]) == pytest.approx(
             ms - float(rows["zero_cost_qk"][4]), abs=0.15
         )  # rounding
