@@ -127,5 +127,5 @@ def test_statistics_of_values_far_from_zero(stats, split):
     want_alpha, want_beta = lln_scales(q.double(), k.double(), mask, scale=FUSED_SCALE, stats=stats)
     got = scale_terms[: 2 * 6].view(2, 6)
     for name, a, b in (("alpha", got[0], want_alpha), ("beta", got[1], want_beta)):
-        # the third sequence has no real token: its scales are the floor's, as the reference's
+        # the (batch, head) pairs of the first two sequences; the third has no real token (floored stds)
         assert relative_error(a[:4], b.flatten()[:4].float()) < 1e-4, (name, a, b.flatten())

@@ -8,8 +8,9 @@ head_dim and v_dim in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float3
 memory), any strides with a last stride of 1 (others are copied), key padding ``mask: (batch, seq)``
 bool or None, non-causal, diagonal blocks of at most 128 tokens (64 for float32). LLN + Diag takes
 attention dropout on its block softmax (``dropout_p``; with a padding mask, in blocks of more than 16 tokens:
-``MIN_MASKED_DROPOUT_TILE``; LLN and cheap linear attention have no probabilities to drop). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no
-gradient, as in the PyTorch path. Design and measurements: docs/kernels.md.
+``MIN_MASKED_DROPOUT_TILE``; LLN and cheap linear attention have no probabilities to drop). Differentiable
+w.r.t. q, k, v and the mix weights; alpha and beta carry no gradient, as in the PyTorch path. Design and
+measurements: docs/kernels.md.
 """
 
 from __future__ import annotations

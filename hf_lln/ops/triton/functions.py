@@ -143,7 +143,8 @@ def _unsplit(batch_heads: int, device: torch.device) -> bool:
 
 
 def output_tiles(batch_heads: int, num_tiles: int, device: torch.device) -> int:
-    """Row tiles per program of an output pass over ``num_tiles`` tiles (``LaunchConfig.output_tiles_per_program``)."""
+    """Row tiles per program of an output pass over ``num_tiles`` tiles: up to
+    ``LaunchConfig.output_tiles_per_program`` where one program per (batch, head) fills the GPU, else one."""
     return min(num_tiles, launch_config.output_tiles_per_program) if _unsplit(batch_heads, device) else 1
 
 

@@ -112,9 +112,9 @@ def _moment_tiles(
     each.
 
     The loop only adds, element-wise, into per-row-slot ``(BLOCK, D)`` sums of each value's deviation from a
-    reference and of its square; the slots are merged once, after it. A Welford update per element (a division
-    each) bound this pass by its arithmetic. The reference is each channel's mean over the first tile's rows, a
-    value within the data, so the sum-of-squares form does not cancel (Chan, Golub and LeVeque's shifted data)."""
+    reference and of its square, an add and a multiply-add where a Welford update takes a division; the slots are
+    merged once, after it. The reference is each channel's mean over the first tile's rows, a value within the
+    data, so the sum-of-squares form does not cancel (Chan, Golub and LeVeque's shifted data)."""
     cols = tl.arange(0, D)
     rows = first * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < seq
