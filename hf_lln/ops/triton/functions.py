@@ -78,7 +78,7 @@ class LaunchConfig:
     # took 0.84 ms a call at 4 warps and 1.30 at 8 (bf16, 65,536 tokens at seq 512; docs/benchmark.md)
     num_warps_backward_unsplit: int = 4
     # Rows per tile of that kernel at head sizes up to 64 (wider heads take ``WIDE_ROW_BLOCK``): at 16 ptxas gives it
-    # 226 registers and no spill at 4 warps (sm_90, bf16, head size 64), yet on an H200 it took 1.07 ms a call
+    # 168-226 registers and no spill at 4 warps (sm_90, bf16, head size 64), yet on an H200 it took 1.07 ms a call
     # against 32's 0.85 (docs/kernels.md)
     backward_unsplit_rows: int = ROW_BLOCK
     num_warps_diag: int = 4  # the forward output pass with the block softmax
