@@ -67,6 +67,8 @@ def kernel_specs(
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
+    # the key padding mask as the launchers pass it (``functions.key_mask``, ``functions._byte_mask``)
+    mask_type = "*u8" if fn.fn.__name__ == "lln_backward_unsplit_kernel" else "*i32"
     types = {}
     for name in inspect.signature(fn.fn).parameters:
         if name in constexprs:
@@ -74,7 +76,9 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
         elif name == "SEED":
             types[name] = "*i64"
         elif name.isupper():
-            types[name] = "*u8" if name == "MASK" else "*fp32" if name in FLOAT32_POINTERS else f"*{dtype}"
+            types[name] = (
+                mask_type if name == "MASK" else "*fp32" if name in FLOAT32_POINTERS else f"*{dtype}"
+            )
         else:
             types[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     return types

@@ -127,15 +127,17 @@ def _from_interpreter() -> bool:
 
 class CopyRecorder(TorchDispatchMode):
     """Records every copying aten op (``copy_``, ``clone`` (what ``.contiguous()`` runs), ``_to_copy``,
-    ...) inside the block, except the Triton interpreter's staging of kernel arguments, which stands in
-    for a GPU's memory and is no part of the code under test."""
+    ...) inside the block, with the shape and dtype of what it copies, except the Triton interpreter's staging of
+    kernel arguments, which stands in for a GPU's memory and is no part of the code under test."""
 
     def __init__(self):
         super().__init__()
-        self.copies: list[str] = []
+        # (op, shape, dtype of the tensor it copies)
+        self.copies: list[tuple[str, tuple[int, ...], torch.dtype]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
         if ("copy" in name or "clone" in name) and not _from_interpreter():
-            self.copies.append(name)
+            source = args[1] if name.startswith("aten.copy_") else args[0]
+            self.copies.append((name, tuple(source.shape), source.dtype))
         return func(*args, **(kwargs or {}))

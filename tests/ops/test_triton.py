@@ -198,18 +198,16 @@ def test_supports_rejects(change, expected):
     assert expected in fused.unsupported_reason("lln_diag", q, k, v, mask, **options)
 
 
-@pytest.mark.parametrize(
-    "dropout_p, block_size, masked, refused",
-    [(0.1, 16, True, True), (0.1, 8, True, True), (0.1, 17, True, False), (0.1, 16, False, False),
-     (0.0, 16, True, False)],
-)  # fmt: skip
-def test_dropout_with_padding_refuses_blocks_in_16_wide_tiles(dropout_p, block_size, masked, refused):
-    """The calls the kernels computed wrongly on an H200 go to PyTorch (the GPU test of the dispatcher is in
-    test_triton_dropout.py); the checks that need no CUDA tensor, on the CPU."""
-    reason = fused._unsupported_dropout(dropout_p, 40, block_size, masked)
-    assert (reason is not None) == refused
-    if refused:
-        assert f"block_size > 16 in the fused kernels, got {block_size}" in reason
+def test_key_mask_is_a_dense_int32_copy():
+    """The kernels read a mask as dense int32 (``functions.key_mask``), whatever the bool mask's strides."""
+    from hf_lln.ops.triton.functions import key_mask
+
+    wide = torch.rand(6, 5, generator=torch.Generator().manual_seed(0)) > 0.5
+    mask = wide.t()  # (batch 5, seq 6) with a last stride of 5
+    got = key_mask(mask)
+    assert got.dtype == torch.int32 and got.is_contiguous() and got.shape == mask.shape
+    assert torch.equal(got.bool(), mask)
+    assert key_mask(None) is None
 
 
 @pytest.mark.gpu

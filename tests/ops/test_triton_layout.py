@@ -56,8 +56,11 @@ def test_strided_inputs_match_contiguous(variant, layout, seq):
     out = fused_call(variant, mask)(*leaves, *weight_leaves)
     # autograd.grad hands back the Function's own gradients (.grad of a non-dense leaf would be a copy)
     grads = torch.autograd.grad(out, leaves + weight_leaves, _strided(grad_out, layout))
+    # Not bit for bit: at these sizes the programs add the state and the mix weights' gradients atomically, in an
+    # order that varies from call to call (on an H200 a weight gradient of 0.027 moved by 1.8e-6 between two
+    # calls); a wrong stride moves values by their own size.
     for a, b in zip([out, *grads], want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     if layout != "last_stride":
         assert _memory_order(out) == _memory_order(leaves[0])
         assert all(_memory_order(g) == _memory_order(leaf) for g, leaf in zip(grads[:3], leaves, strict=True))
@@ -71,7 +74,9 @@ def _memory_order(x: torch.Tensor) -> list[int]:
 def _copies_in_transformers_step(variant, batch, heads, seq, head_dim, dtype, mask, device):
     """The copies made around and inside the attention function of a Transformers layer's forward and
     backward: (batch, seq, heads * dim) projections viewed as (batch, heads, seq, dim), the output
-    transposed back and flattened for the output projection. Checks every gradient arrives."""
+    transposed back and flattened for the output projection. Checks every gradient arrives. The copies expected
+    are the mask's, into the kernels' int32 form once per call (``functions.key_mask``) and from it into the bytes
+    the unsplit backward reads (``functions._byte_mask``): they are left out."""
     gen = torch.Generator().manual_seed(0)
     projections = [
         torch.randn(batch, seq, heads * head_dim, generator=gen).to(device, dtype).requires_grad_()
@@ -88,7 +93,9 @@ def _copies_in_transformers_step(variant, batch, heads, seq, head_dim, dtype, ma
         (hidden * probe).sum().backward()
     assert all(p.grad is not None and p.grad.is_contiguous() for p in projections)
     assert all(w.grad is not None for w in weights)
-    return recorder.copies
+    mask_copies = {("aten._to_copy.default", (batch, seq), dtype) for dtype in (torch.bool, torch.int32)}
+    assert recorder.copies.count(("aten._to_copy.default", (batch, seq), torch.bool)) == (mask is not None)
+    return [copy for copy in recorder.copies if copy not in mask_copies]
 
 
 @needs_kernels

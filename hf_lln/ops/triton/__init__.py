@@ -7,10 +7,9 @@ bfloat16, float16), ``q, k: (batch, heads, seq, head_dim)``, ``v: (batch, heads,
 head_dim and v_dim in {16, 32, 64, 128} (128 for bf16/fp16 only: 128-wide float32 tiles overflow shared
 memory), any strides with a last stride of 1 (others are copied), key padding ``mask: (batch, seq)``
 bool or None, non-causal, diagonal blocks of at most 128 tokens (64 for float32). LLN + Diag takes
-attention dropout on its block softmax (``dropout_p``; with a padding mask, in blocks of more than 16 tokens:
-``MIN_MASKED_DROPOUT_TILE``; LLN and cheap linear attention have no probabilities to drop). Differentiable
-w.r.t. q, k, v and the mix weights; alpha and beta carry no gradient, as in the PyTorch path. Design and
-measurements: docs/kernels.md.
+attention dropout on its block softmax (``dropout_p``; LLN and cheap linear attention have no probabilities
+to drop). Differentiable w.r.t. q, k, v and the mix weights; alpha and beta carry no gradient, as in the PyTorch
+path. Design and measurements: docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -28,11 +27,6 @@ MAX_FLOAT32_DIM = 64
 MIX_MODES = ("average", "learnable_scale", "learnable_ratio")
 STATS_MODES = ("per_sequence", "global")
 VARIANTS = ("lln", "lln_diag", "cheap_linear")
-# Diagonal blocks in register tiles narrower than this (blocks of at most 16 tokens) with attention dropout and a
-# padding mask gave wrong outputs and gradients on an H200 (Triton 3.6) and right ones under the interpreter;
-# unpadded, without dropout or in 32-wide tiles they are right (docs/kernels.md). Until the cause is found such
-# calls take the PyTorch path.
-MIN_MASKED_DROPOUT_TILE = 32
 # The dropout generator counts in 32 bits: row * register_block(block_size) / 4 + column / 4
 # (kernels._dropout_keep).
 MAX_DROPOUT_COUNTER = 2**31
@@ -74,9 +68,7 @@ def unsupported_reason(
     reason = _unsupported_inputs(q, k, v, mask, causal)
     if reason is None and variant == "lln_diag":
         block = q.shape[3] if block_size is None else block_size
-        reason = _unsupported_block(q.dtype, block) or _unsupported_dropout(
-            dropout_p, q.shape[2], block, mask is not None
-        )
+        reason = _unsupported_block(q.dtype, block) or _unsupported_dropout(dropout_p, q.shape[2], block)
     elif reason is None:
         if dropout_p != 0.0:
             reason = f"dropout_p must be 0.0 for {variant} (no attention probabilities), got {dropout_p}"
@@ -131,14 +123,9 @@ def _unsupported_block(dtype, block_size) -> str | None:
     return None
 
 
-def _unsupported_dropout(dropout_p, seq, block_size, masked: bool) -> str | None:
+def _unsupported_dropout(dropout_p, seq, block_size) -> str | None:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         return f"dropout_p must be a number in [0, 1), got {dropout_p!r}"
-    if dropout_p > 0.0 and masked and register_block(block_size) < MIN_MASKED_DROPOUT_TILE:
-        return (
-            f"dropout with a padding mask needs block_size > {MIN_MASKED_DROPOUT_TILE // 2} in the fused kernels, "
-            f"got {block_size}: smaller blocks computed wrong outputs on an H200 (docs/kernels.md)"
-        )
     counters = register_block(block_size) // 4  # the keep mask's Philox counters per row
     if dropout_p > 0.0 and seq * counters >= MAX_DROPOUT_COUNTER:
         return (

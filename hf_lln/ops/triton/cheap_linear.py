@@ -28,6 +28,7 @@ from hf_lln.ops.triton.functions import (
     _mask_args,
     _split,
     _unit_last_stride,
+    key_mask,
     launch_plan,
 )
 from hf_lln.ops.triton.kernels import _dot, _dot_in, _key_ok, _load_rows, _reduce_out
@@ -315,6 +316,7 @@ def fused_cheap_linear(q, k, v, mask, *, scale):
     """Run the fused operator (differentiable); inputs already validated
     (``hf_lln.ops.triton.fused_cheap_linear_attention``)."""
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    mask = key_mask(mask)
     if torch.compiler.is_compiling():
         return torch.ops.hf_lln.fused_cheap_linear_forward(q, k, v, mask, float(scale))
     return _FusedCheapLinear.apply(q, k, v, mask, float(scale))

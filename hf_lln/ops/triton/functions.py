@@ -19,9 +19,10 @@ LLN forward+backward is three launches, LLN + Diag's four and a seed draw (docs/
 Launches go through ``launch.launch``, which calls Triton's compiled kernel directly after a specialisation's first
 launch (about a quarter of Triton's host time per launch).
 
-Layout: q, k, v, the incoming gradient and the mask are read through their strides (a copy only for a
-last stride other than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they
-belong to, so Transformers' ``(batch, seq, heads, dim)`` views cost no copy in either direction.
+Layout: q, k, v and the incoming gradient are read through their strides (a copy only for a last stride other
+than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they belong to, so Transformers'
+``(batch, seq, heads, dim)`` views cost no copy in either direction. The mask is copied once per call into the
+int32 form the kernels read (``key_mask``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from hf_lln.ops.triton.launch import launch
 ROW_BLOCK = 32
 WIDE_ROW_BLOCK = 16
 # The prologue (statistics, scales and state in one program per (batch, head)) keeps six per-row-slot sums and
-# the state: 16-row tiles at 4 warps (``LaunchConfig.num_warps_prologue``) take 120 registers at head size 64
-# (32-row tiles 167), at 8 warps 64 (32-row tiles 120); on an H200, 4 warps and 16 rows were the fastest of these
-# (docs/benchmark.md, fifth December run).
+# the state: 16-row tiles at 4 warps (``LaunchConfig.num_warps_prologue``) take 128 registers at head size 64
+# (32-row tiles 246), at 8 warps 80 (32-row tiles 127); on an H200, 4 warps and 16 rows were the fastest of these
+# (docs/benchmark.md, fifth December run, before the statistics loop was pipelined: 120, 167, 64 and 120).
 PROLOGUE_ROW_BLOCK = 16
 PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
@@ -177,10 +178,31 @@ def _empty_like_layout(x: torch.Tensor, last: int) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device).permute(*[order.index(d) for d in range(3)], 3)
 
 
+def key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels' form of a ``(batch, seq)`` bool key padding mask: int32, dense, made once per call.
+
+    A 4-byte entry lets Triton pipeline the mask's loads with the tiles' (``cp.async`` copies at least 4 bytes;
+    a byte mask was loaded anew, and waited on, at every tile of every pass), and it is what the GPU computes
+    right: with a byte mask, LLN + Diag with dropout in 16-wide register tiles gave wrong outputs and gradients
+    on an H200 under Triton 3.6 (docs/kernels.md). One pass reads bytes instead (``_byte_mask``)."""
+    if mask is None:
+        return None
+    return mask.to(dtype=torch.int32, memory_format=torch.contiguous_format)
+
+
+def _byte_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A ``key_mask`` mask as uint8, for ``lln_backward_unsplit_kernel``: at the register limit already, it spilled
+    more with the int32 mask's pipelined loads (112 bytes against 104 at head size 64, 8 against 0 at 128) and took
+    0.907 against 0.863 ms a call with a mask (H200, bf16, 65,536 tokens at 512; docs/benchmark.md, sixth December
+    run). It takes no dropout, whose block pass the byte mask computed wrongly."""
+    return None if mask is None else mask.to(torch.uint8)
+
+
 def _mask_args(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(pointer argument, batch stride)`` of a mask in a form the kernels read (``key_mask``, ``_byte_mask``);
+    ``like`` stands in for a missing one."""
     if mask is None:
         return like, 0
-    mask = _unit_last_stride(mask).view(torch.uint8)
     return mask, mask.stride(0)
 
 
@@ -391,10 +413,11 @@ def _lln_backward(grad, q, k, v, w_lln, w_diag, mask, seed, scale_terms, block_s
     mask_arg, stride_mb = _mask_args(mask, q)
     half = q.dtype != torch.float32
     if unsplit:
+        byte_mask, byte_stride_mb = _mask_args(_byte_mask(mask), q)
         launch(kernels.lln_backward_unsplit_kernel, (bh,),
-            q, k, v, mask_arg, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha, d_w_lln,
+            q, k, v, byte_mask, grad, dq, dk, dv, alpha, beta, shift, w_lln if weighted else alpha, d_w_lln,
             *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(grad),
-            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), stride_mb,
+            *_bhs_strides(dq), *_bhs_strides(dk), *_bhs_strides(dv), byte_stride_mb,
             heads, seq, triton.cdiv(seq, plan.rows_backward_unsplit), eps,
             D=head_dim, DV=v_dim, BLOCK=plan.rows_backward_unsplit, HAS_MASK=has_mask, HAS_DIAG=has_diag,
             WEIGHTED=weighted, HALF=half, num_warps=plan.warps_backward_unsplit, num_stages=plan.stages_query,
@@ -554,7 +577,7 @@ def fused_lln(q, k, v, mask, w_lln, w_diag, *, block_size, scale, eps, stats, dr
         v,
         w_lln,
         w_diag,
-        mask,
+        key_mask(mask),
         seed,
         block_size,
         float(scale),

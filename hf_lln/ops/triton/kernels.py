@@ -6,7 +6,9 @@ v_dim)`` addressed through their batch / head / seq strides (the last stride mus
 ``batch * heads``; axis 0 walks the sequence, each program taking ``tiles_per_program`` consecutive
 tiles of ``tile`` rows (a tile is one diagonal block for LLN + Diag). Per-head state lives in small
 float32 buffers indexed by ``batch * heads``: ``alpha, beta: (bh,)``, ``shift: (bh, head_dim)``
-(``M_c``), ``state: (bh, head_dim, v_dim)`` (``S``), ``norm: (bh, head_dim)`` (``z``).
+(``M_c``), ``state: (bh, head_dim, v_dim)`` (``S``), ``norm: (bh, head_dim)`` (``z``). The key padding mask
+``MASK: (batch, seq)`` is int32 (uint8 in ``lln_backward_unsplit_kernel``), nonzero for a real token, addressed
+through its batch stride (``functions.key_mask``).
 
 Everything is accumulated in float32; ``HALF`` marks bf16/fp16 inputs, for which the LLN state
 products run as tf32 and the block softmax's products on operands in the input dtype, like
@@ -128,7 +130,8 @@ def _moment_tiles(
     k_sq = tl.zeros([BLOCK, D], tl.float32)
     k_max = tl.full([BLOCK, D], float("-inf"), tl.float32)
     k_min = tl.full([BLOCK, D], float("inf"), tl.float32)
-    for i in range(num_tiles):
+    # Pipelined by request: Triton pipelines on its own only loads that feed a dot, and this loop has none.
+    for i in tl.range(num_tiles, num_stages=3):
         rows = (first + i) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < seq
         key_ok = _key_ok(mask_base, rows, row_ok, HAS_MASK)
