@@ -68,9 +68,9 @@ def implementations(device: torch.device, dtype: torch.dtype) -> dict[str, objec
     with PyTorch's default priorities, ``sdpa_flash`` the FlashAttention-2 backend."""
 
     def forced(mode, fn):
-        def call(q, k, v):
+        def call(q, k, v, *mask):
             with use_kernels(mode):
-                return fn(q, k, v)
+                return fn(q, k, v, *mask)
 
         return call
 
@@ -98,7 +98,24 @@ def implementations(device: torch.device, dtype: torch.dtype) -> dict[str, objec
         impls["fused_lln_diag"] = forced("triton", ops.lln_diag_attention)
         impls["fused_lln_diag_dropout"] = forced("triton", lln_diag_dropout)
         impls["fused_cheap_linear"] = fused.fused_cheap_linear_attention
+        for name in ("fused_lln", "fused_lln_diag", "fused_lln_diag_dropout"):
+            impls[f"{name}_masked"] = with_full_mask(impls[name])
     return impls
+
+
+def with_full_mask(fn):
+    """``fn`` given a key padding mask in which every token is real, as in a training step on packed texts
+    (run_mlm's): Transformers hands the mask over even then, and the kernels read it."""
+
+    masks = {}
+
+    def call(q, k, v):
+        key = (q.shape[0], q.shape[2], q.device)
+        if key not in masks:
+            masks[key] = torch.ones(key[:2], dtype=torch.bool, device=q.device)
+        return fn(q, k, v, masks[key])
+
+    return call
 
 
 def check_kernels(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
