@@ -49,6 +49,9 @@ SETTINGS = {
     "warps=8": {"num_warps": 8},
     "stats_warps=4": {"num_warps_stats": 4},
     "prologue_warps=8": {"num_warps_prologue": 8},
+    # more rows in flight per program of the pipelined statistics loop (32-row tiles need the 8 warps: 127
+    # registers there, 246 at 4)
+    "prologue_rows=32,warps=8": {"prologue_rows": 32, "num_warps_prologue": 8},
     "unsplit_backward_warps=8": {"num_warps_backward_unsplit": 8},
     "unsplit_backward_rows=16": {"backward_unsplit_rows": 16},
     "backward_warps=8": {"num_warps_backward": 8},
@@ -59,6 +62,7 @@ SETTINGS = {
     # (head_dim, v_dim) state once for all of them)
     "output_tiles=1": {"output_tiles_per_program": 1},
     "output_tiles=2": {"output_tiles_per_program": 2},
+    "output_tiles=16": {"output_tiles_per_program": 16},
 }
 
 

@@ -50,7 +50,7 @@ def kernel_specs(
     dims, row = {"D": head_dim, "DV": head_dim}, plan.rows
     return [
         ("lln_stats_kernel", {"D": head_dim, "BLOCK": row, "HAS_MASK": True, "MASKED_MOMENTS": True}, plan.warps_stats, stages),
-        ("lln_prologue_kernel", {**dims, "BLOCK": functions.PROLOGUE_ROW_BLOCK, "HAS_MASK": True, "HALF": half}, plan.warps_prologue, stages),
+        ("lln_prologue_kernel", {**dims, "BLOCK": plan.rows_prologue, "HAS_MASK": True, "HALF": half}, plan.warps_prologue, stages),
         ("lln_state_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HALF": half, "ATOMIC": True}, plan.warps, stages),
         ("lln_output_kernel", {**dims, "BLOCK": row, "HAS_MASK": True, "HAS_DIAG": False, "WEIGHTED": False, "HALF": half, "DROPOUT": False}, plan.warps, stages),
         ("lln_output_kernel", {**dims, "BLOCK": block, "HAS_MASK": True, "HAS_DIAG": True, "WEIGHTED": True, "HALF": half, "DROPOUT": dropout}, plan.warps_diag, plan.stages_diag),

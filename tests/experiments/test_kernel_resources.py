@@ -26,11 +26,11 @@ def test_row_tile_passes_fit_the_register_file_without_spilling(script, head_dim
     at head size 64 and 4 warps, and ran faster that way on an H200 than without spills at 8 warps (0.84 against
     1.30 ms a call), so it may spill that much and no more."""
     spill_allowed = {"lln_backward_unsplit_kernel": 104 if head_dim == 64 else 0}
-    rows = script.functions.launch_plan(head_dim, head_dim).rows
+    plan = script.functions.launch_plan(head_dim, head_dim)
     row_kernels = [
         spec
         for spec in script.kernel_specs("bf16", head_dim, 64)
-        if spec[1]["BLOCK"] in (rows, script.functions.PROLOGUE_ROW_BLOCK)
+        if spec[1]["BLOCK"] in (plan.rows, plan.rows_prologue)
     ]
     assert len(row_kernels) == 12
     for name, constexprs, warps, stages in row_kernels:

@@ -34,6 +34,7 @@ SPLITS = {
     "one_program": {"unsplit_programs_per_sm": 0},
     "one_program_3_output_tiles": {"unsplit_programs_per_sm": 0, "output_tiles_per_program": 3},
     "one_program_16_row_backward": {"unsplit_programs_per_sm": 0, "backward_unsplit_rows": 16},
+    "one_program_32_row_prologue": {"unsplit_programs_per_sm": 0, "prologue_rows": 32},
     "shared": {"unsplit_programs_per_sm": 10**9},
 }
 

@@ -43,11 +43,6 @@ from hf_lln.ops.triton.launch import launch
 # times the state, so they take 16-row tiles and twice the warps. docs/kernels.md has the counts.
 ROW_BLOCK = 32
 WIDE_ROW_BLOCK = 16
-# The prologue (statistics, scales and state in one program per (batch, head)) keeps six per-row-slot sums and
-# the state: 16-row tiles at 4 warps (``LaunchConfig.num_warps_prologue``) take 128 registers at head size 64
-# (32-row tiles 246), at 8 warps 80 (32-row tiles 127); on an H200, 4 warps and 16 rows were the fastest of these
-# (docs/benchmark.md, fifth December run, before the statistics loop was pipelined: 120, 167, 64 and 120).
-PROLOGUE_ROW_BLOCK = 16
 PIPELINE_STAGES = 3  # Triton's default on NVIDIA GPUs: loads in flight per loop
 
 
@@ -69,7 +64,12 @@ class LaunchConfig:
     output_tiles_per_program: int = 8
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
     num_warps_stats: int = 8  # the statistics pass (six per-slot sums)
-    num_warps_prologue: int = 4  # statistics, scales and state in one pass (16-row tiles)
+    # The prologue (statistics, scales and state in one program per (batch, head)) keeps six per-row-slot sums
+    # and the state: 16-row tiles at 4 warps take 128 registers at head size 64 (32-row tiles 246), at 8 warps 80
+    # (32-row tiles 127); on an H200, 4 warps and 16 rows were the fastest of these (docs/benchmark.md, fifth
+    # December run, before the statistics loop was pipelined: 120, 167, 64 and 120 registers).
+    num_warps_prologue: int = 4
+    prologue_rows: int = 16
     num_warps_backward: int = 4  # the LLN query pass of the backward
     # Two, not three, loads in flight in the LLN query pass: with three, Triton 3.8 spills 224 bytes at head
     # size 64 (255 registers); with two it uses 252 and spills none, still two 4-warp programs per SM.
@@ -98,6 +98,7 @@ class LaunchPlan:
     warps: int  # the state, LLN output and key passes
     warps_stats: int
     warps_prologue: int
+    rows_prologue: int
     warps_query: int  # the LLN query pass of the backward
     warps_backward_unsplit: int  # the whole LLN backward in one program per (batch, head)
     rows_backward_unsplit: int  # its rows per tile
@@ -113,14 +114,14 @@ def launch_plan(head_dim: int, v_dim: int) -> LaunchPlan:
     if max(head_dim, v_dim) > 64:
         wide = c.num_warps_wide
         # one stage: multi-buffered 128x128 tiles of the block passes need up to 416 KiB of shared memory
-        return LaunchPlan(
-            WIDE_ROW_BLOCK, wide, wide, wide, wide, wide, WIDE_ROW_BLOCK, wide, wide, stages_diag=1
-        )
+        rows = WIDE_ROW_BLOCK
+        return LaunchPlan(rows, wide, wide, wide, rows, wide, wide, rows, wide, wide, stages_diag=1)
     return LaunchPlan(
         ROW_BLOCK,
         c.num_warps,
         c.num_warps_stats,
         c.num_warps_prologue,
+        c.prologue_rows,
         c.num_warps_backward,
         c.num_warps_backward_unsplit,
         c.backward_unsplit_rows,
@@ -316,8 +317,8 @@ def _prologue(q, k, v, mask_arg, stride_mb, has_mask, scale, plan):
     launch(kernels.lln_prologue_kernel, (bh,),
         q, k, v, mask_arg, alpha, beta, shift, state, norm,
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), stride_mb,
-        heads, seq, triton.cdiv(seq, PROLOGUE_ROW_BLOCK), head_dim * scale**2, a, b, MIN_STD,
-        D=head_dim, DV=v_dim, BLOCK=PROLOGUE_ROW_BLOCK, HAS_MASK=has_mask, HALF=q.dtype != torch.float32,
+        heads, seq, triton.cdiv(seq, plan.rows_prologue), head_dim * scale**2, a, b, MIN_STD,
+        D=head_dim, DV=v_dim, BLOCK=plan.rows_prologue, HAS_MASK=has_mask, HALF=q.dtype != torch.float32,
         num_warps=plan.warps_prologue,
     )  # fmt: skip
     return scale_terms, buffer
