@@ -22,7 +22,7 @@ launch (about a quarter of Triton's host time per launch).
 Layout: q, k, v and the incoming gradient are read through their strides (a copy only for a last stride other
 than 1), and out, dq, dk, dv are allocated in the memory order of the tensor they belong to, so Transformers'
 ``(batch, seq, heads, dim)`` views cost no copy in either direction. The mask is copied once per call into the
-int32 form the kernels read (``key_mask``).
+int32 form the kernels read (``key_mask``), and once more, into bytes, for an unsplit backward (``_byte_mask``).
 """
 
 from __future__ import annotations
