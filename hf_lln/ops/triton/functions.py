@@ -60,14 +60,16 @@ class LaunchConfig:
     # Row tiles per program of an output pass where one program per (batch, head) covers each reduction: such a
     # call has programs to spare, and a program that covers several tiles loads the (head_dim, v_dim) state once
     # for all of them (H200, bf16, 65,536 tokens at seq 512: LLN+Diag's output pass 0.165 against 0.192 ms a
-    # call at one tile). Where sequences are shared out, every program is needed: one tile each.
+    # call at one tile; 16 tiles within 0.004 ms of 8). Where sequences are shared out, every program is needed: one
+    # tile each.
     output_tiles_per_program: int = 8
     num_warps: int = 4  # the state, LLN output and key passes over row tiles
     num_warps_stats: int = 8  # the statistics pass (six per-slot sums)
     # The prologue (statistics, scales and state in one program per (batch, head)) keeps six per-row-slot sums
     # and the state: 16-row tiles at 4 warps take 128 registers at head size 64 (32-row tiles 246), at 8 warps 80
     # (32-row tiles 127); on an H200, 4 warps and 16 rows were the fastest of these (docs/benchmark.md, fifth
-    # December run, before the statistics loop was pipelined: 120, 167, 64 and 120 registers).
+    # December run, before the statistics loop was pipelined: 120, 167, 64 and 120 registers; seventh run, 32 rows
+    # at 8 warps: 0.270 against 0.215 ms a call at 512 tokens).
     num_warps_prologue: int = 4
     prologue_rows: int = 16
     num_warps_backward: int = 4  # the LLN query pass of the backward
@@ -194,8 +196,8 @@ def key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 def _byte_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """A ``key_mask`` mask as uint8, for ``lln_backward_unsplit_kernel``: at the register limit already, it spilled
     more with the int32 mask's pipelined loads (112 bytes against 104 at head size 64, 8 against 0 at 128) and took
-    0.907 against 0.863 ms a call with a mask (H200, bf16, 65,536 tokens at 512; docs/benchmark.md, sixth December
-    run). It takes no dropout, whose block pass the byte mask computed wrongly."""
+    0.907 ms a call with a mask (H200, bf16, 65,536 tokens at 512; docs/benchmark.md, sixth December run), against
+    0.864 reading bytes (seventh run). It takes no dropout, whose block pass the byte mask computed wrongly."""
     return None if mask is None else mask.to(torch.uint8)
 
 
