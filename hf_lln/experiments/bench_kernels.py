@@ -204,13 +204,19 @@ def profile_kernels(fn, shape, dtype, device) -> list[str]:
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(*shape, generator=gen, device=device).to(dtype).requires_grad_() for _ in range(3))
     grad = torch.randn(*shape, generator=gen, device=device).to(dtype)
-    for _ in range(3):
+
+    def call():
         fn(q, k, v).backward(grad)
+        # as ``measure`` does: gradients left in place would add an accumulation kernel per input to each call
+        q.grad = k.grad = v.grad = None
+
+    for _ in range(3):
+        call()
     torch.cuda.synchronize()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(5):
-            fn(q, k, v).backward(grad)
+            call()
         torch.cuda.synchronize()
     # host spans that enclose the kernels
     wrappers = ("aten", "cuda", "autograd", "torch::autograd", "_Fused")
