@@ -123,7 +123,7 @@ def test_statistics_of_values_far_from_zero(stats, split):
     q, k, v, mask = inputs(3, 2, 100, 16, torch.float32, seed=5)
     q, k = 300.0 + 0.03 * q, -500.0 + 0.05 * k
     _, scale_terms = functions._lln_forward(
-        q, k, v, None, None, mask, None, None, FUSED_SCALE, 1e-6, stats, 0.0
+        q, k, v, None, None, functions.key_mask(mask), None, None, FUSED_SCALE, 1e-6, stats, 0.0
     )
     want_alpha, want_beta = lln_scales(q.double(), k.double(), mask, scale=FUSED_SCALE, stats=stats)
     got = scale_terms[: 2 * 6].view(2, 6)
